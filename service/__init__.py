@@ -1,0 +1,1 @@
+"""The streaming enrichment service: products in from Kafka, universal categories out."""

@@ -1,0 +1,104 @@
+"""A typed consumer: manual offset storage, rebalance callbacks passed through."""
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import confluent_kafka
+from confluent_kafka import Message, TopicPartition
+
+from service.errors import KafkaError
+
+RebalanceCallback = Callable[[list[TopicPartition]], None]
+
+# The app decides when an offset may be committed: it stores offsets itself, only after the
+# output of that message (and of every earlier one) is acknowledged.
+_DEFAULTS: Mapping[str, Any] = {
+    "enable.auto.offset.store": False,
+    "enable.auto.commit": True,
+    "auto.offset.reset": "earliest",
+}
+
+
+class KafkaConsumer:
+    """Wraps `confluent_kafka.Consumer`; the client is created on first use."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self._config = {**_DEFAULTS, **config}
+        self._client: confluent_kafka.Consumer | None = None
+
+    @property
+    def client(self) -> confluent_kafka.Consumer:
+        """The underlying confluent-kafka consumer, created now if needed."""
+        if self._client is None:
+            try:
+                self._client = confluent_kafka.Consumer(self._config)
+            except confluent_kafka.KafkaException as exc:
+                raise KafkaError(f"cannot create consumer: {exc}") from exc
+        return self._client
+
+    def subscribe(
+        self,
+        topics: Sequence[str],
+        *,
+        on_assign: RebalanceCallback | None = None,
+        on_revoke: RebalanceCallback | None = None,
+        on_lost: RebalanceCallback | None = None,
+    ) -> None:
+        """Join the group for `topics`, with the app's rebalance callbacks."""
+        kwargs: dict[str, Any] = {}
+        if on_assign is not None:
+            kwargs["on_assign"] = lambda _c, parts: on_assign(parts)
+        if on_revoke is not None:
+            kwargs["on_revoke"] = lambda _c, parts: on_revoke(parts)
+        if on_lost is not None:
+            kwargs["on_lost"] = lambda _c, parts: on_lost(parts)
+        self.client.subscribe(list(topics), **kwargs)
+
+    def assign(self, partitions: Sequence[TopicPartition]) -> None:
+        """Read exactly these partitions, outside group management."""
+        self.client.assign(list(partitions))
+
+    def poll(self, timeout: float) -> Message | None:
+        """One message or event, or None after `timeout` seconds."""
+        return self.client.poll(timeout)
+
+    def consume(self, max_messages: int, timeout: float) -> list[Message]:
+        """Up to `max_messages` messages, waiting at most `timeout` seconds."""
+        return list(self.client.consume(max_messages, timeout))
+
+    def store_offsets(self, offsets: Sequence[TopicPartition]) -> None:
+        """Mark offsets (the next offset to read) as ready for the next commit."""
+        try:
+            self.client.store_offsets(offsets=list(offsets))
+        except confluent_kafka.KafkaException as exc:
+            raise KafkaError(f"cannot store offsets: {exc}") from exc
+
+    def commit(self, offsets: Sequence[TopicPartition] | None = None) -> None:
+        """Commit synchronously: the given offsets, or every stored one."""
+        try:
+            if offsets is None:
+                self.client.commit(asynchronous=False)
+            else:
+                self.client.commit(offsets=list(offsets), asynchronous=False)
+        except confluent_kafka.KafkaException as exc:
+            if exc.args and exc.args[0].code() == confluent_kafka.KafkaError._NO_OFFSET:
+                return
+            raise KafkaError(f"commit failed: {exc}") from exc
+
+    def pause(self, partitions: Sequence[TopicPartition]) -> None:
+        """Stop fetching these partitions while still polling (so the group keeps us)."""
+        self.client.pause(list(partitions))
+
+    def resume(self, partitions: Sequence[TopicPartition]) -> None:
+        """Fetch these partitions again."""
+        self.client.resume(list(partitions))
+
+    def assignment(self) -> list[TopicPartition]:
+        """The partitions assigned now."""
+        return list(self.client.assignment())
+
+    def close(self) -> None:
+        """Leave the group and release the client (commits stored offsets if auto commit is on)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
