@@ -15,4 +15,3 @@ class InvalidImageError(EnrichError):
 
 class ModelError(EnrichError):
     """A model cannot be built, loaded or used as asked."""
-
