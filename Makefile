@@ -24,8 +24,8 @@ install: $(STAMP) ## Create .venv and install the project with its dev extra (re
 
 .PHONY: lint
 lint: install ## ruff and mypy on the code.
-	$(BIN)/ruff check service model tests
-	$(BIN)/ruff format --check service model tests
+	$(BIN)/ruff check service model tests bench
+	$(BIN)/ruff format --check service model tests bench
 	$(BIN)/mypy
 
 .PHONY: test
@@ -50,3 +50,7 @@ demo: ## The whole path end to end on embedded defaults (arrives with the servic
 .PHONY: clean
 clean: ## Remove the virtual environment and run files.
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: quality
+quality: install ## The documented quality run (about an hour on 2 cores): reports into docs/results/.
+	bench/quality_run.sh

@@ -3,11 +3,13 @@
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from model.errors import EnrichError
 from model.taxonomy import Taxonomy
+from service.logging import configure_logging
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -52,6 +54,258 @@ def taxonomy_stats(taxonomy_file: Path, depth: int, as_json: bool) -> None:
         click.echo(f"  level {level}         {count:,}")
 
 
+_EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+_EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+_OUTPUT_DIR = click.Path(file_okay=False, path_type=Path)
+
+
+def _taxonomy_option(function: Any) -> Any:
+    """The --taxonomy option shared by the model commands."""
+    return click.option(
+        "--taxonomy",
+        "taxonomy_file",
+        envvar="ENRICH_TAXONOMY",
+        required=True,
+        type=_EXISTING_FILE,
+        help="Google's taxonomy-with-ids file (env ENRICH_TAXONOMY).",
+    )(function)
+
+
+@cli.command("train")
+@click.option("--labels", required=True, type=_EXISTING_FILE, help="CSV or JSONL labels file.")
+@click.option(
+    "--images",
+    "images_root",
+    required=True,
+    type=_EXISTING_DIR,
+    help="Folder the labels' image paths are relative to.",
+)
+@_taxonomy_option
+@click.option("--depth", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--output", required=True, type=_OUTPUT_DIR, help="Run directory to write.")
+@click.option("--backbone", default=None, help="Backbone name (default: the CPU default).")
+@click.option(
+    "--image-size",
+    type=click.IntRange(min=32),
+    default=None,
+    help="Input side in pixels (default: the default backbone's, else its native).",
+)
+@click.option(
+    "--weights",
+    type=_EXISTING_FILE,
+    default=None,
+    help="Local file of pretrained backbone weights (nothing is downloaded).",
+)
+@click.option("--heads", type=click.Choice(["multi", "leaf"]), default="multi", show_default=True)
+@click.option(
+    "--vocabulary", type=click.Choice(["labels", "full"]), default="labels", show_default=True
+)
+@click.option(
+    "--level-weights",
+    default=None,
+    help="Comma-separated loss weight per level, e.g. 1,2,3,4 (default: by depth).",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option(
+    "--learning-rate", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True
+)
+@click.option(
+    "--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True
+)
+@click.option("--warmup-epochs", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--augment/--no-augment", default=True, show_default=True)
+@click.option(
+    "--class-weighting", type=click.Choice(["none", "balanced"]), default="none", show_default=True
+)
+@click.option(
+    "--bn-momentum",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=None,
+    help="BatchNormalization momentum (default: the measured training default).",
+)
+@click.option(
+    "--patience",
+    type=click.IntRange(min=1),
+    default=6,
+    show_default=True,
+    help="Epochs without a better validation weighted score before stopping.",
+)
+@click.option(
+    "--time-budget",
+    "time_budget_s",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Stop before an epoch that would end after this many seconds.",
+)
+@click.option(
+    "--business-values",
+    type=_EXISTING_FILE,
+    default=None,
+    help="CSV google_category_id,business_value for the validation score.",
+)
+@click.option(
+    "--holdout",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="Early-stop on this fraction of the train split and leave the file's validation "
+    "split untouched (it becomes 'test' in split.csv), for an unbiased `enrich evaluate`.",
+)
+@click.option("--name", default="catalog-classifier", show_default=True)
+@click.option(
+    "--verbose",
+    type=click.IntRange(0, 2),
+    default=1,
+    show_default=True,
+    help="Keras progress: 0 silent, 1 progress bar, 2 one line per epoch.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Go on from the run directory's last checkpoint.")
+def train_command(
+    labels: Path,
+    images_root: Path,
+    taxonomy_file: Path,
+    depth: int,
+    output: Path,
+    backbone: str | None,
+    image_size: int | None,
+    weights: Path | None,
+    heads: str,
+    vocabulary: str,
+    level_weights: str | None,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    schedule: str,
+    warmup_epochs: int,
+    augment: bool,
+    class_weighting: str,
+    bn_momentum: float | None,
+    patience: int,
+    time_budget_s: float | None,
+    business_values: Path | None,
+    holdout: float | None,
+    name: str,
+    verbose: int,
+    seed: int,
+    resume: bool,
+) -> None:
+    """Train the multi-head (or flat) classifier and export the best model to OUTPUT/model."""
+    from model.build import parse_level_weights
+    from model.train import DEFAULT_BACKBONE, DEFAULT_BN_MOMENTUM, DEFAULT_IMAGE_SIZE, TrainConfig
+    from model.train import train as run_training
+
+    configure_logging()
+    chosen = backbone or DEFAULT_BACKBONE
+    size = image_size or (DEFAULT_IMAGE_SIZE if chosen == DEFAULT_BACKBONE else None)
+    config = TrainConfig(
+        labels=labels,
+        images_root=images_root,
+        taxonomy=taxonomy_file,
+        output=output,
+        depth=depth,
+        backbone=chosen,
+        image_size=size,
+        weights=weights,
+        heads=heads,  # type: ignore[arg-type]
+        vocabulary=vocabulary,  # type: ignore[arg-type]
+        level_weights=parse_level_weights(level_weights, depth) if level_weights else None,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        schedule=schedule,  # type: ignore[arg-type]
+        warmup_epochs=warmup_epochs,
+        augment=augment,
+        class_weighting=class_weighting,  # type: ignore[arg-type]
+        bn_momentum=DEFAULT_BN_MOMENTUM if bn_momentum is None else bn_momentum,
+        patience=patience,
+        time_budget_s=time_budget_s,
+        business_values=business_values,
+        resume=resume,
+        holdout=holdout,
+        seed=seed,
+        name=name,
+        verbose=verbose,
+    )
+    result = run_training(config)
+    click.echo(
+        f"trained {result.epochs_run} epochs in {result.elapsed_s:.0f}s "
+        f"({result.stopped_because}); best epoch {result.best_epoch + 1}, validation weighted "
+        f"score {result.best_score:.4f}; model: {result.model_dir}"
+    )
+
+
+@cli.command("evaluate")
+@click.option(
+    "--model",
+    "model_dir",
+    required=True,
+    type=_EXISTING_DIR,
+    help="A model directory written by `enrich train`.",
+)
+@click.option("--labels", required=True, type=_EXISTING_FILE, help="CSV or JSONL labels file.")
+@click.option("--images", "images_root", required=True, type=_EXISTING_DIR)
+@_taxonomy_option
+@click.option(
+    "--business-values",
+    required=True,
+    type=_EXISTING_FILE,
+    help="CSV google_category_id,business_value.",
+)
+@click.option("--output", required=True, type=_OUTPUT_DIR, help="Report directory to write.")
+@click.option(
+    "--split",
+    default="validation",
+    show_default=True,
+    help="Rows of this split only (when the labels have splits); 'all' for every row.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+def evaluate_command(
+    model_dir: Path,
+    labels: Path,
+    images_root: Path,
+    taxonomy_file: Path,
+    business_values: Path,
+    output: Path,
+    split: str,
+    batch_size: int,
+) -> None:
+    """Evaluate a model: report.json, report.md, confusion matrix and coverage pictures."""
+    from model.evaluate import EvaluateConfig, evaluate
+
+    configure_logging()
+    report = evaluate(
+        EvaluateConfig(
+            model_dir=model_dir,
+            labels=labels,
+            images_root=images_root,
+            taxonomy=taxonomy_file,
+            business_values=business_values,
+            output=output,
+            split=None if split == "all" else split,
+            batch_size=batch_size,
+        )
+    )
+    click.echo(
+        f"leaf accuracy {report['leaf_accuracy']:.4f}, weighted score "
+        f"{report['weighted_score']:.4f} on {report['data']['images']} images; "
+        f"report: {output / 'report.md'}"
+    )
+
+
+@cli.command("compare")
+@click.argument("report_dirs", nargs=-1, required=True, type=_EXISTING_DIR)
+@click.option(
+    "--output", required=True, type=_OUTPUT_DIR, help="Where comparison.md, .csv and .png go."
+)
+def compare_command(report_dirs: tuple[Path, ...], output: Path) -> None:
+    """Put evaluation reports side by side: Markdown, CSV and PNG."""
+    from model.compare import compare
+
+    rows = compare(list(report_dirs), output)
+    click.echo(f"compared {len(rows)} models: {output / 'comparison.md'}")
+
+
 def main() -> None:
     """Console entry point: run the CLI, turning the project's errors into a message and exit 1."""
     try:
@@ -65,3 +319,7 @@ def main() -> None:
     except EnrichError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

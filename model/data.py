@@ -1,0 +1,224 @@
+"""Training data: labels files, the deterministic 70/15/15 split, and decoded image arrays.
+
+A labels file is CSV or JSONL with one row per image: the image (a path relative to the
+images root, or a URL), `google_category_id`, and optionally `split` and `product_id`.
+Images are decoded once with `model.preprocess.decode_image` (the service's own code) in a
+process pool and cached on disk as one `.npy` per (file list, size), so later epochs and later
+runs read pixels straight from memory.
+"""
+
+import csv
+import hashlib
+import json
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from tqdm import tqdm
+
+from model.errors import InvalidImageError, ModelError
+from model.preprocess import decode_image
+from model.taxonomy import TruncatedTaxonomy
+
+SPLITS = ("train", "validation", "test")
+# Other spellings found in public datasets' split columns.
+_SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation", "eval": "test"}
+_IMAGE_COLUMNS = ("image_path", "image", "image_url", "path", "url")
+# The default split when a labels file has no split column, as in the original system.
+DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
+
+
+@dataclass(frozen=True)
+class LabelRow:
+    """One labelled image."""
+
+    image: str
+    category_id: int
+    product_id: str
+    split: str | None = None
+    line: int = 0
+
+
+def read_labels(path: Path) -> list[LabelRow]:
+    """Read a CSV or JSONL labels file; any bad row raises `ModelError` naming file and line."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"cannot read labels file {path}: {exc}") from exc
+    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        records: list[tuple[int, dict[str, object]]] = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ModelError(f"{path}:{number}: not JSON: {exc.msg}") from exc
+            if not isinstance(value, dict):
+                raise ModelError(f"{path}:{number}: expected a JSON object")
+            records.append((number, value))
+    else:
+        reader = csv.DictReader(text.splitlines())
+        records = [(number, dict(row)) for number, row in enumerate(reader, start=2)]
+    if not records:
+        raise ModelError(f"labels file {path} has no rows")
+    return [_row(path, number, record) for number, record in records]
+
+
+def _row(path: Path, number: int, record: dict[str, object]) -> LabelRow:
+    image = next((str(record[c]) for c in _IMAGE_COLUMNS if record.get(c)), None)
+    if image is None:
+        raise ModelError(f"{path}:{number}: no image column (one of {', '.join(_IMAGE_COLUMNS)})")
+    raw_id = record.get("google_category_id")
+    try:
+        category_id = int(str(raw_id).strip())
+    except ValueError as exc:
+        raise ModelError(f"{path}:{number}: google_category_id {raw_id!r} is not an id") from exc
+    split = record.get("split")
+    split_name = None
+    if split not in (None, ""):
+        split_name = _SPLIT_ALIASES.get(str(split).strip().lower(), str(split).strip().lower())
+        if split_name not in SPLITS:
+            raise ModelError(
+                f"{path}:{number}: split {split!r} is not one of {', '.join(SPLITS)} (or val)"
+            )
+    product_id = str(record.get("product_id") or image)
+    return LabelRow(image, category_id, product_id, split_name, number)
+
+
+def _hash_unit(text: str) -> float:
+    """A stable number in [0, 1) for `text` (the same on every machine and Python run)."""
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def assign_splits(
+    rows: Sequence[LabelRow],
+    truncated: TruncatedTaxonomy,
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+) -> list[LabelRow]:
+    """Rows with a split: kept where the file gave one, else 70/15/15 by product id hash.
+
+    Stratified by leaf at the taxonomy's depth: within each leaf, products are ordered by the
+    hash of their id and cut at the fractions, so each split holds every leaf in proportion
+    and a product (all its images) lands in one split only. Deterministic.
+    """
+    if abs(sum(fractions) - 1.0) > 1e-9 or min(fractions) < 0:
+        raise ModelError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
+    if all(row.split is not None for row in rows):
+        return list(rows)
+    by_leaf: dict[int, set[str]] = defaultdict(set)
+    for row in rows:
+        if row.split is None:
+            by_leaf[truncated.truncate_id(row.category_id)].add(row.product_id)
+    split_of: dict[str, str] = {}
+    for products in by_leaf.values():
+        ordered = sorted(products, key=lambda p: (_hash_unit(p), p))
+        n = len(ordered)
+        train_end = round(n * fractions[0])
+        validation_end = train_end + round(n * fractions[1])
+        for index, product in enumerate(ordered):
+            if index < train_end:
+                split_of.setdefault(product, "train")
+            elif index < validation_end:
+                split_of.setdefault(product, "validation")
+            else:
+                split_of.setdefault(product, "test")
+    return [row if row.split else replace(row, split=split_of[row.product_id]) for row in rows]
+
+
+def hold_out_validation(
+    rows: Sequence[LabelRow], truncated: TruncatedTaxonomy, fraction: float
+) -> list[LabelRow]:
+    """Take the early-stopping validation rows from the train split; set the file's aside.
+
+    Rows of the file's own validation split become ``test`` (untouched by training, for
+    ``enrich evaluate --split validation`` on the original file); within each leaf, the
+    train rows' products are ordered by id hash and the first ``fraction`` of them become
+    ``validation``. Rows without a split are split 70/15/15 first. Deterministic.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ModelError(f"the validation fraction must be in (0, 1), got {fraction}")
+    rows = assign_splits(rows, truncated)
+    by_leaf: dict[int, set[str]] = defaultdict(set)
+    for row in rows:
+        if row.split == "train":
+            by_leaf[truncated.truncate_id(row.category_id)].add(row.product_id)
+    chosen: set[str] = set()
+    for products in by_leaf.values():
+        ordered = sorted(products, key=lambda p: (_hash_unit("validation:" + p), p))
+        chosen.update(ordered[: round(len(ordered) * fraction)])
+    out: list[LabelRow] = []
+    for row in rows:
+        if row.split == "validation":
+            row = replace(row, split="test")
+        elif row.split == "train" and row.product_id in chosen:
+            row = replace(row, split="validation")
+        out.append(row)
+    return out
+
+
+def _decode_one(args: tuple[str, int]) -> NDArray[np.uint8] | str:
+    path, size = args
+    try:
+        return decode_image(Path(path), size)
+    except (InvalidImageError, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def load_images(
+    rows: Sequence[LabelRow],
+    root: Path,
+    size: int,
+    *,
+    cache_dir: Path | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> tuple[NDArray[np.uint8], list[int]]:
+    """Decode the rows' images to `(n, size, size, 3)` uint8, in row order.
+
+    Returns the array of the images that decoded and the indices (into `rows`) of those that
+    did not; an unreadable image is reported, never silently dropped. URLs are not fetched
+    here (that is the dataset builder's job): rows must name files below `root`.
+    """
+    paths = []
+    for row in rows:
+        if "://" in row.image:
+            raise ModelError(
+                f"line {row.line}: {row.image} is a URL; build a dataset from URLs with "
+                "`enrich build-dataset` first"
+            )
+        paths.append(str((root / row.image).resolve()))
+    key = hashlib.sha256(("\n".join(paths) + f"\n{size}").encode()).hexdigest()[:16]
+    cache = cache_dir / f"images-{size}px-{key}.npz" if cache_dir is not None else None
+    if cache is not None and cache.exists():
+        with np.load(cache) as stored:
+            return stored["images"], [int(i) for i in stored["failed"]]
+    images = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    failed: list[int] = []
+    jobs = [(p, size) for p in paths]
+    with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        results = pool.map(_decode_one, jobs, chunksize=32)
+        iterator: Iterable[NDArray[np.uint8] | str] = (
+            tqdm(results, total=len(jobs), desc=f"decode {size}px", unit="img")
+            if progress
+            else results
+        )
+        for index, result in enumerate(iterator):
+            if isinstance(result, str):
+                failed.append(index)
+            else:
+                images[index] = result
+    keep = np.setdiff1d(np.arange(len(paths)), np.asarray(failed, dtype=np.int64))
+    images = images[keep]
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, images=images, failed=np.asarray(failed, dtype=np.int64))
+        tmp.replace(cache)
+    return images, failed
