@@ -43,9 +43,8 @@ services-down: ## Stop the local Kafka broker and Redis.
 	deploy/local/redis.sh stop
 
 .PHONY: demo
-demo: ## The whole path end to end on embedded defaults (arrives with the service).
-	@echo "make demo: the end-to-end demo is not there yet (it arrives with the enrichment service, issue 4)." >&2
-	@exit 2
+demo: install ## The whole path end to end on embedded defaults: mock broker, generated catalog.
+	$(BIN)/enrich demo
 
 .PHONY: clean
 clean: ## Remove the virtual environment and run files.

@@ -1,6 +1,7 @@
 """The `enrich` command: one group, one subcommand per job, wired here and nowhere else."""
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -306,8 +307,142 @@ def compare_command(report_dirs: tuple[Path, ...], output: Path) -> None:
     click.echo(f"compared {len(rows)} models: {output / 'comparison.md'}")
 
 
+def _settings(**flags: Any) -> Any:
+    """Settings from the environment with the given flags winning; logging configured."""
+    from service.config import load_settings
+
+    settings = load_settings(**flags)
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+@cli.command("serve")
+@click.option(
+    "--model",
+    "model_dir",
+    type=_EXISTING_DIR,
+    default=None,
+    help="Model directory (env ENRICH_MODEL_DIR).",
+)
+@click.option(
+    "--taxonomy",
+    type=_EXISTING_FILE,
+    default=None,
+    help="Taxonomy file to check the model against (env ENRICH_TAXONOMY).",
+)
+@click.option("--input-topic", default=None, help="env ENRICH_INPUT_TOPIC")
+@click.option("--output-topic", default=None, help="env ENRICH_OUTPUT_TOPIC")
+@click.option("--dead-letter-topic", default=None, help="env ENRICH_DEAD_LETTER_TOPIC")
+@click.option("--group-id", default=None, help="env ENRICH_GROUP_ID")
+@click.option(
+    "--delivery",
+    type=click.Choice(["at-least-once", "exactly-once"]),
+    default=None,
+    help="env ENRICH_DELIVERY (default at-least-once)",
+)
+@click.option("--metrics-port", type=int, default=None, help="env ENRICH_METRICS_PORT (9464)")
+def serve_command(**flags: Any) -> None:
+    """Enrich products from Kafka until SIGTERM / SIGINT; see the README for every setting."""
+    from service.app import Service
+
+    settings = _settings(**flags)
+    with Service(settings) as service:
+        summary = service.serve()
+    click.echo(json.dumps({"consumed": summary.consumed, "produced": summary.produced,
+                           "by_status": summary.by_status}))  # fmt: skip
+
+
+@cli.command("replay")
+@click.option(
+    "--model",
+    "model_dir",
+    type=_EXISTING_DIR,
+    default=None,
+    help="Model directory (env ENRICH_MODEL_DIR): the new model to reclassify with.",
+)
+@click.option("--taxonomy", type=_EXISTING_FILE, default=None)
+@click.option("--input-topic", default=None, help="Topic to replay (env ENRICH_INPUT_TOPIC).")
+@click.option(
+    "--output-topic",
+    default=None,
+    help="Where the reclassification goes (default: ENRICH_OUTPUT_TOPIC).",
+)
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+    default=None,
+    help="Start at this UTC time instead of the beginning.",
+)
+@click.option(
+    "--group-id",
+    default=None,
+    help="Consumer group of the replay (default: <ENRICH_GROUP_ID>-replay).",
+)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def replay_command(
+    model_dir: Path | None, taxonomy: Path | None, input_topic: str | None,
+    output_topic: str | None, since: Any, group_id: str | None, progress: bool,
+) -> None:  # fmt: skip
+    """Reclassify a topic from its beginning (or --since) up to its end now, then exit."""
+    import datetime as dt
+
+    from tqdm import tqdm
+
+    from service.app import Service
+
+    settings = _settings(model_dir=model_dir, taxonomy=taxonomy, input_topic=input_topic,
+                         metrics_port=0)  # fmt: skip
+    bar: Any = None
+
+    def on_start(total: int) -> None:
+        nonlocal bar
+        bar = tqdm(total=total, unit="product", desc="replay", disable=not progress)
+
+    def on_progress(count: int) -> None:
+        if bar is not None:
+            bar.update(count)
+
+    group = group_id or f"{settings.group_id}-replay"
+    started = since.replace(tzinfo=dt.UTC) if since is not None else None
+    with Service(settings, group_id=group) as service:
+        summary = service.replay(since=started, output_topic=output_topic, on_start=on_start,
+                                 on_progress=on_progress)  # fmt: skip
+    if bar is not None:
+        bar.close()
+    click.echo(json.dumps({"consumed": summary.consumed, "produced": summary.produced,
+                           "by_status": summary.by_status,
+                           "seconds": round(summary.seconds, 1)}))  # fmt: skip
+
+
+@cli.command("demo")
+@click.option("--products", type=click.IntRange(min=1), default=300, show_default=True)
+@click.option(
+    "--model",
+    "model_dir",
+    type=_EXISTING_DIR,
+    default=None,
+    help="Use this model instead of training the demo's small one.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='Print {"products", "outputs", "by_status", "products_per_second"}.',
+)
+def demo_command(products: int, model_dir: Path | None, as_json: bool) -> None:
+    """The whole path on GENERATED data: mock broker, in-process cache, local image server."""
+    from service.demo import format_table, run_demo
+
+    configure_logging("WARNING")
+    result = run_demo(products=products, model_dir=model_dir)
+    click.echo(json.dumps(result.to_json()) if as_json else format_table(result))
+    if result.outputs < result.products - result.dead_lettered:
+        raise EnrichError(f"the demo got {result.outputs} outputs for {result.products} products")
+
+
 def main() -> None:
     """Console entry point: run the CLI, turning the project's errors into a message and exit 1."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     try:
         cli(standalone_mode=False)
     except click.exceptions.Abort:

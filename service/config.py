@@ -6,7 +6,7 @@ common names as well, so the service and its tests find the same services:
 """
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,6 +57,60 @@ class Settings(BaseSettings):
         default=Path(__file__).resolve().parent.parent / "schemas",
         description="Folder holding the Avro contract (*.avsc and history/).",
     )
+
+    # The service (`enrich serve` / `replay`) ---------------------------------------------
+    model_dir: Path | None = Field(default=None, description="Model directory to serve.")
+    taxonomy: Path | None = Field(
+        default=None,
+        description="Taxonomy file checked against the model's (optional: the model carries "
+        "the paths it predicts).",
+    )
+    delivery: Literal["at-least-once", "exactly-once"] = Field(
+        default="at-least-once", description="Delivery guarantee of the output topic."
+    )
+    batch_max_size: int = Field(
+        default=32, ge=1, description="Images per inference batch, at most."
+    )
+    batch_max_wait_ms: float = Field(
+        default=20.0, ge=0, description="Longest wait of an image for its batch to fill."
+    )
+    max_in_flight: int = Field(
+        default=2000, ge=1, description="Unacknowledged messages before the consumer pauses."
+    )
+    fetch_concurrency: int = Field(default=64, ge=1, description="Concurrent image downloads.")
+    fetch_per_host: int = Field(default=8, ge=1, description="Concurrent downloads per host.")
+    connect_timeout_s: float = Field(default=5.0, gt=0, description="Connect timeout.")
+    read_timeout_s: float = Field(default=10.0, gt=0, description="Timeout between reads.")
+    total_timeout_s: float = Field(default=30.0, gt=0, description="Timeout of one attempt.")
+    fetch_retries: int = Field(default=3, ge=0, description="Retries of a failed download.")
+    max_image_bytes: int = Field(default=20 * 2**20, ge=1, description="Largest image body.")
+    max_image_pixels: int = Field(
+        default=50_000_000, ge=1, description="Largest image in pixels (decompression bombs)."
+    )
+    allowed_networks: str = Field(
+        default="",
+        description="Comma-separated networks the address guard lets through (default none), "
+        "e.g. 10.20.0.0/16.",
+    )
+    cache_ttl_s: float = Field(default=7 * 86400, gt=0, description="Image cache TTL.")
+    cache_negative_ttl_s: float = Field(
+        default=3600, gt=0, description="TTL of cached permanent failures."
+    )
+    confidence_threshold: float = Field(
+        default=0.0, ge=0, le=1, description="Below it the service answers an ancestor "
+        "(LOW_CONFIDENCE)."
+    )  # fmt: skip
+    top_k: int = Field(default=5, ge=1, description="Alternatives per enrichment.")
+    metrics_host: str = Field(default="0.0.0.0", description="Address of /metrics, /healthz.")
+    metrics_port: int = Field(default=9464, ge=0, le=65535, description="Port of /metrics.")
+    shutdown_deadline_s: float = Field(
+        default=30.0, gt=0, description="Time to finish in-flight work on SIGTERM or revoke."
+    )
+
+    @property
+    def allowed_network_list(self) -> list[str]:
+        """``allowed_networks`` split on commas."""
+        return [part.strip() for part in self.allowed_networks.split(",") if part.strip()]
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod

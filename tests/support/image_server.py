@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 _CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 
@@ -35,6 +36,8 @@ class Behaviour:
     """Stream body chunks forever (until the client gives up)."""
     redirect_to: str | None = None
     """Answer 302 with this Location (relative paths are fine)."""
+    content_length: int | None = None
+    """Declare this Content-Length instead of the body's, then send the body and stay open."""
 
 
 class ImageServer:
@@ -44,6 +47,10 @@ class ImageServer:
         self.root = root
         self.latency_s = latency_s
         self.hits: Counter[str] = Counter()
+        self.in_flight: Counter[str] = Counter()
+        """Requests being answered right now, per path."""
+        self.max_in_flight: Counter[str] = Counter()
+        """The most requests ever answered at once, per path."""
         self._scripts: dict[str, list[Behaviour]] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -80,7 +87,7 @@ class ImageServer:
         self._thread.join(10)
 
     async def _start(self) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[self._count_in_flight])
         app.router.add_get("/images/{path:.+}", self._serve_file)
         app.router.add_get("/scripted/{name}", self._serve_script)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
@@ -91,6 +98,16 @@ class ImageServer:
         if server is None or not server.sockets:
             raise RuntimeError("image server did not bind a socket")
         self.port = server.sockets[0].getsockname()[1]
+
+    @web.middleware
+    async def _count_in_flight(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        self.in_flight[path] += 1
+        self.max_in_flight[path] = max(self.max_in_flight[path], self.in_flight[path])
+        try:
+            return await handler(request)
+        finally:
+            self.in_flight[path] -= 1
 
     async def _serve_file(self, request: web.Request) -> web.StreamResponse:
         self.hits[request.path] += 1
@@ -123,7 +140,9 @@ class ImageServer:
         response = web.StreamResponse(status=b.status, headers=b.headers)
         if b.content_type is not None:
             response.content_type = b.content_type
-        if not b.endless and b.reset_after_bytes is None:
+        if b.content_length is not None:
+            response.content_length = b.content_length
+        elif not b.endless and b.reset_after_bytes is None:
             response.content_length = len(b.body)
         await response.prepare(request)
         if b.endless:
@@ -137,5 +156,7 @@ class ImageServer:
                 transport.abort()
             return response
         await response.write(b.body)
+        if b.content_length is not None and b.content_length > len(b.body):
+            await asyncio.sleep(3600)  # The rest never comes.
         await response.write_eof()
         return response

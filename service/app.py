@@ -1,0 +1,288 @@
+"""Building the service from its settings, and running ``serve`` and ``replay``.
+
+:class:`Service` is a context manager holding every part (classifier, batcher, event loop,
+fetcher, cache, Kafka clients, HTTP endpoints); :meth:`Service.serve` runs until a signal
+or a stop event, :meth:`Service.replay` until the end offsets seen at its start.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+import structlog
+from aiohttp import web
+from confluent_kafka import TopicPartition
+
+from model.classifier import Classifier
+from service.batcher import InferenceBatcher
+from service.cache import ImageCache, KeyValueStore
+from service.config import Settings
+from service.contract import SingleObjectCodec
+from service.errors import ConfigError, KafkaError
+from service.fetch.fetcher import FetchConfig, ImageFetcher
+from service.http import start_http
+from service.images import ImageStage
+from service.kafka.consumer import KafkaConsumer
+from service.kafka.producer import KafkaProducer
+from service.metrics import Metrics
+from service.pipeline import EnrichmentService, LoopThread, RunSummary, ServiceOptions
+from service.redis_store import RedisStore
+
+__all__ = ["Service", "end_offsets"]
+
+log = structlog.get_logger(__name__)
+
+
+def _kafka_config(settings: Settings) -> dict[str, Any]:
+    return {"bootstrap.servers": settings.kafka_bootstrap_servers, **settings.kafka_config}
+
+
+def end_offsets(
+    consumer: KafkaConsumer, topic: str, timeout: float = 10.0
+) -> dict[tuple[str, int], int]:
+    """The high watermark of every partition of ``topic`` now."""
+    try:
+        metadata = consumer.client.list_topics(topic, timeout=timeout)
+    except Exception as exc:
+        raise KafkaError(f"cannot read the metadata of {topic}: {exc}") from exc
+    info = metadata.topics.get(topic)
+    if info is None or info.error is not None or not info.partitions:
+        raise KafkaError(f"topic {topic} does not exist or has no partitions")
+    ends: dict[tuple[str, int], int] = {}
+    for partition in sorted(info.partitions):
+        _, high = consumer.client.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=timeout
+        )
+        ends[(topic, partition)] = int(high)
+    return ends
+
+
+class Service:
+    """Every part of the enrichment service, built from :class:`Settings`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        classifier: Classifier | None = None,
+        store: KeyValueStore | None = None,
+        group_id: str | None = None,
+        http: bool = True,
+    ) -> None:
+        """Load the model and build the parts; ``store`` replaces Redis (the demo's cache)."""
+        self.settings = settings
+        if classifier is None:
+            if settings.model_dir is None:
+                raise ConfigError("no model: set ENRICH_MODEL_DIR or pass --model")
+            classifier = Classifier.load(
+                settings.model_dir,
+                taxonomy=settings.taxonomy,
+                threshold=settings.confidence_threshold,
+                top_k=settings.top_k,
+            )
+        self.classifier = classifier
+        self.metrics = Metrics()
+        self.group_id = group_id or settings.group_id
+        if store is None and settings.redis_url:
+            store = RedisStore(settings.redis_url, prefix="enrich:", socket_timeout=0.5)
+        self.cache = (
+            ImageCache(
+                store,
+                image_size=classifier.input_size,
+                ttl_s=settings.cache_ttl_s,
+                negative_ttl_s=settings.cache_negative_ttl_s,
+            )
+            if store is not None
+            else None
+        )
+        self.fetch_config = FetchConfig(
+            total_connections=settings.fetch_concurrency,
+            per_host=settings.fetch_per_host,
+            connect_timeout_s=settings.connect_timeout_s,
+            read_timeout_s=settings.read_timeout_s,
+            total_timeout_s=settings.total_timeout_s,
+            max_bytes=settings.max_image_bytes,
+            retries=settings.fetch_retries,
+            allowed_networks=tuple(settings.allowed_network_list),
+        )
+        self.http = http
+        self.http_port: int | None = None
+        self._runner: web.AppRunner | None = None
+        self._pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2),
+                                        thread_name_prefix="decode")  # fmt: skip
+        self.loop = LoopThread()
+        self.fetcher = ImageFetcher(self.fetch_config)
+        self.batcher = InferenceBatcher(
+            self.classifier.classify,
+            max_size=settings.batch_max_size,
+            max_wait_s=settings.batch_max_wait_ms / 1000,
+            on_batch=self._on_batch,
+        )
+        self.service: EnrichmentService | None = None
+
+    def _on_batch(self, size: int, seconds: float) -> None:
+        self.metrics.batch_size.observe(size)
+        self.metrics.inference_latency.observe(seconds)
+        log.debug("batch", size=size, seconds=round(seconds, 4))
+
+    def __enter__(self) -> Service:
+        """Start the event loop, the fetcher's session, the inference thread, the endpoints."""
+        self.loop.start()
+        self.loop.call(self.fetcher.__aenter__())
+        self.batcher.start()
+        if self.http:
+            self._runner, self.http_port = self.loop.call(
+                start_http(
+                    self.metrics, self._alive, self._ready,
+                    self.settings.metrics_host, self.settings.metrics_port,
+                )
+            )  # fmt: skip
+            log.info("http_listening", port=self.http_port)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Stop everything started, in reverse order."""
+        if self._runner is not None:
+            self.loop.call(self._runner.cleanup())
+        self.batcher.close()
+        self.loop.call(self.fetcher.__aexit__(None, None, None))
+        self.loop.stop()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _alive(self) -> bool:
+        """Alive while starting, and while the main loop has turned in the last 30 s."""
+        service = self.service
+        if service is None or not service.alive:
+            return service is None
+        return time.monotonic() - service.heartbeat < 30.0
+
+    def _ready(self) -> dict[str, bool]:
+        service = self.service
+        return {
+            "model_loaded": self.classifier is not None,
+            "partitions_assigned": bool(service and service.assigned),
+            "broker_reachable": bool(service and service.broker_ok),
+        }
+
+    def _build(self, options: ServiceOptions, consumer_extra: Mapping[str, Any]) -> None:
+        settings = self.settings
+        kafka = _kafka_config(settings)
+        consumer_config: dict[str, Any] = {**kafka, "group.id": self.group_id, **consumer_extra}
+        producer_config: dict[str, Any] = dict(kafka)
+        if options.delivery == "exactly-once":
+            consumer_config.update({"enable.auto.commit": False,
+                                    "isolation.level": "read_committed"})  # fmt: skip
+            producer_config["transactional.id"] = f"{self.group_id}-{uuid.uuid4().hex[:12]}"
+        images = ImageStage(
+            self.fetcher, self.cache, image_size=self.classifier.input_size,
+            decode_pool=self._pool, max_pixels=settings.max_image_pixels, metrics=self.metrics,
+        )  # fmt: skip
+        self.service = EnrichmentService(
+            options,
+            consumer=KafkaConsumer(consumer_config),
+            producer=KafkaProducer(producer_config),
+            product_codec=SingleObjectCodec.for_schema("product", settings.schema_dir),
+            enrichment_codec=SingleObjectCodec.for_schema(
+                "category_enrichment", settings.schema_dir
+            ),
+            images=images,
+            batcher=self.batcher,
+            loop=self.loop,
+            model_record=self.classifier.info.to_record(),
+            metrics=self.metrics,
+        )
+
+    def _options(self, output_topic: str | None = None) -> ServiceOptions:
+        s = self.settings
+        return ServiceOptions(
+            input_topic=s.input_topic,
+            output_topic=output_topic or s.output_topic,
+            dead_letter_topic=s.dead_letter_topic,
+            delivery=s.delivery,
+            max_in_flight=s.max_in_flight,
+            shutdown_deadline_s=s.shutdown_deadline_s,
+            revoke_deadline_s=min(s.shutdown_deadline_s, 10.0),
+        )
+
+    def serve(
+        self, stop: threading.Event | None = None, *, handle_signals: bool = True
+    ) -> RunSummary:
+        """Consume and enrich until SIGTERM / SIGINT (or ``stop``); then drain and exit."""
+        stop = stop or threading.Event()
+        if handle_signals:
+
+            def on_signal(number: int, _frame: FrameType | None) -> None:
+                log.info("signal", signal=signal.Signals(number).name)
+                stop.set()
+
+            signal.signal(signal.SIGTERM, on_signal)
+            signal.signal(signal.SIGINT, on_signal)
+        self._build(self._options(), {})
+        assert self.service is not None
+        log.info("serving", topic=self.settings.input_topic, model=self.classifier.info.version,
+                 delivery=self.settings.delivery)  # fmt: skip
+        return self.service.run(stop)
+
+    def replay(
+        self,
+        *,
+        since: dt.datetime | None = None,
+        output_topic: str | None = None,
+        on_start: Callable[[int], None] | None = None,
+        on_progress: Callable[[int], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> RunSummary:
+        """Reclassify the input topic from its start (or ``since``) up to its end offsets now."""
+        self._build(self._options(output_topic), {"enable.auto.commit": True})
+        assert self.service is not None
+        consumer = self.service.consumer
+        until = end_offsets(consumer, self.settings.input_topic)
+        start: dict[tuple[str, int], int] = {}
+        if since is not None:
+            millis = int(since.timestamp() * 1000)
+            found = consumer.client.offsets_for_times(
+                [TopicPartition(t, p, millis) for (t, p) in until], timeout=10.0
+            )
+            for tp in found:
+                start[(tp.topic, tp.partition)] = (
+                    tp.offset if tp.offset >= 0 else until[(tp.topic, tp.partition)]
+                )
+        total = 0
+        for key, end in until.items():
+            begin = start.get(key, 0)
+            if begin < 0:
+                begin = 0
+            if begin == 0:
+                low, _ = consumer.client.get_watermark_offsets(TopicPartition(*key), timeout=10.0)
+                begin = int(low)
+            total += max(0, end - begin)
+        if on_start is not None:
+            on_start(total)
+        log.info("replaying", topic=self.settings.input_topic, messages=total,
+                 since=since.isoformat() if since else None)  # fmt: skip
+        began = time.monotonic()
+        summary = self.service.run(stop or threading.Event(), until=until, start=start,
+                                   on_progress=on_progress)  # fmt: skip
+        log.info("replayed", messages=summary.consumed, seconds=round(time.monotonic() - began, 1))
+        return summary
+
+
+def default_paths() -> dict[str, Path]:
+    """Where the repository keeps things, for commands run from a checkout."""
+    root = Path(__file__).resolve().parent.parent
+    return {"root": root, "schemas": root / "schemas"}

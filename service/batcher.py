@@ -1,0 +1,132 @@
+"""Micro-batching: images wait briefly to be classified together, in a dedicated thread.
+
+:class:`InferenceBatcher` owns one thread that takes images from a queue and calls the
+classifier with a batch as soon as it holds ``max_size`` images or its oldest image has
+waited ``max_wait_s``. Fetching and decoding go on in other threads meanwhile; the answer
+for each image is delivered to a ``concurrent.futures.Future`` (or an asyncio future via
+:meth:`InferenceBatcher.classify`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+import structlog
+from numpy.typing import NDArray
+
+from model.decode import Prediction
+
+__all__ = ["BatchStats", "InferenceBatcher"]
+
+log = structlog.get_logger(__name__)
+
+ClassifyFn = Callable[[Sequence[NDArray[np.uint8]]], list[Prediction]]
+BatchObserver = Callable[[int, float], None]
+
+
+@dataclass
+class BatchStats:
+    """Counts kept by the batcher: batches run, images classified, seconds of inference."""
+
+    batches: int = 0
+    images: int = 0
+    seconds: float = 0.0
+
+
+class InferenceBatcher:
+    """Collects images into batches for ``classify`` in one inference thread."""
+
+    def __init__(
+        self,
+        classify: ClassifyFn,
+        *,
+        max_size: int = 32,
+        max_wait_s: float = 0.02,
+        on_batch: BatchObserver | None = None,
+    ) -> None:
+        """``on_batch(size, seconds)`` is called after every batch (for metrics)."""
+        if max_size < 1:
+            raise ValueError(f"max_size must be at least 1, got {max_size}")
+        self._classify = classify
+        self.max_size = max_size
+        self.max_wait_s = max(0.0, max_wait_s)
+        self._on_batch = on_batch
+        self._queue: queue.Queue[tuple[NDArray[np.uint8], Future[Prediction], float] | None]
+        self._queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+        self.stats = BatchStats()
+        self._started = False
+
+    def start(self) -> InferenceBatcher:
+        """Start the inference thread (once)."""
+        if not self._started:
+            self._started = True
+            self._thread.start()
+        return self
+
+    def submit(self, image: NDArray[np.uint8]) -> Future[Prediction]:
+        """Queue one prepared image; the future gets its prediction or the batch's error."""
+        future: Future[Prediction] = Future()
+        self._queue.put((image, future, time.monotonic()))
+        return future
+
+    async def classify(self, image: NDArray[np.uint8]) -> Prediction:
+        """Queue one image and await its prediction from an event loop."""
+        return await asyncio.wrap_future(self.submit(image))
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Finish the queued images, then stop the thread."""
+        if self._started:
+            self._queue.put(None)
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        """Take a first image, fill the batch until full or the first image is too old."""
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            deadline = item[2] + self.max_wait_s
+            while len(batch) < self.max_size:
+                remaining = deadline - time.monotonic()
+                try:
+                    extra = (
+                        self._queue.get(timeout=remaining)
+                        if remaining > 0
+                        else self._queue.get_nowait()
+                    )
+                except queue.Empty:
+                    break
+                if extra is None:
+                    stopping = True
+                    break
+                batch.append(extra)
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[tuple[NDArray[np.uint8], Future[Prediction], float]]) -> None:
+        """Classify one batch and resolve its futures."""
+        began = time.perf_counter()
+        try:
+            predictions = self._classify([image for image, _, _ in batch])
+        except Exception as exc:  # every waiting product must hear about it
+            log.exception("inference_failed", batch_size=len(batch))
+            for _, future, _ in batch:
+                future.set_exception(exc)
+            return
+        seconds = time.perf_counter() - began
+        self.stats.batches += 1
+        self.stats.images += len(batch)
+        self.stats.seconds += seconds
+        if self._on_batch is not None:
+            self._on_batch(len(batch), seconds)
+        for (_, future, _), prediction in zip(batch, predictions, strict=True):
+            future.set_result(prediction)

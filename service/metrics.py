@@ -1,0 +1,67 @@
+"""The service's Prometheus metrics, in a registry of its own (one per service instance)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["Metrics"]
+
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    """Every metric the service exports at ``/metrics``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        """Create the collectors in ``registry`` (a new one by default)."""
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.consumed = Counter("enrich_consumed", "Input messages consumed.", registry=r)
+        self.produced = Counter(
+            "enrich_produced", "Enrichment records acknowledged, by status.", ["status"], registry=r
+        )
+        self.dead_lettered = Counter(
+            "enrich_dead_lettered", "Input messages sent to the dead-letter topic.", registry=r
+        )
+        self.fetch_outcomes = Counter(
+            "enrich_fetch", "Image fetches by outcome.", ["outcome"], registry=r
+        )
+        self.fetch_latency = Histogram(
+            "enrich_fetch_seconds", "Image fetch latency.", buckets=_LATENCY, registry=r
+        )
+        self.cache = Counter(
+            "enrich_cache", "Image cache lookups: hit, negative_hit, miss, error.", ["result"],
+            registry=r,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "enrich_batch_size", "Images per inference batch.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r,
+        )  # fmt: skip
+        self.inference_latency = Histogram(
+            "enrich_inference_seconds", "Inference time per batch.", buckets=_LATENCY, registry=r
+        )
+        self.end_to_end = Histogram(
+            "enrich_end_to_end_seconds", "From the product's event time to its output's ack.",
+            buckets=(*_LATENCY, 120, 300, 900, 3600), registry=r,
+        )  # fmt: skip
+        self.in_flight = Gauge("enrich_in_flight", "Messages consumed, not yet acked.", registry=r)
+        self.lag = Gauge(
+            "enrich_consumer_lag", "Messages behind the partition's end.", ["topic", "partition"],
+            registry=r,
+        )  # fmt: skip
+        self.paused = Gauge("enrich_paused", "1 while the consumer is paused (backpressure).",
+                            registry=r)  # fmt: skip
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+    def summary(self) -> dict[str, float]:
+        """The counters as a flat dict, for the demo and logs."""
+        out: dict[str, float] = {}
+        for family in self.registry.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                    out[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+        return out

@@ -1,0 +1,124 @@
+"""Input products and output enrichments as the Avro contract spells them.
+
+:func:`parse_product` turns a decoded ``Product`` record into a :class:`Product`, or says
+why it is ``INVALID_INPUT``; :func:`enrichment` builds the ``CategoryEnrichment`` record for
+any outcome, so every product gets an answer with a status.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from model.decode import Prediction
+
+__all__ = [
+    "STATUSES",
+    "ImageInfo",
+    "Product",
+    "Status",
+    "enrichment",
+    "parse_product",
+]
+
+Status = Literal[
+    "CLASSIFIED", "LOW_CONFIDENCE", "IMAGE_UNAVAILABLE", "IMAGE_INVALID", "INVALID_INPUT"
+]
+STATUSES: tuple[Status, ...] = (
+    "CLASSIFIED",
+    "LOW_CONFIDENCE",
+    "IMAGE_UNAVAILABLE",
+    "IMAGE_INVALID",
+    "INVALID_INPUT",
+)
+MAX_URL_LENGTH = 4096
+
+
+@dataclass(frozen=True)
+class Product:
+    """The fields of a ``Product`` the service uses."""
+
+    product_id: str
+    partner_id: str
+    image_url: str | None
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """The ``image`` field of an enrichment: which URL, its content hash, cache or not."""
+
+    url: str
+    sha256: str | None = None
+    from_cache: bool = False
+
+
+def _utc(value: Any) -> dt.datetime:
+    """A timestamp-millis value (datetime or int millis) as an aware UTC datetime."""
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return dt.datetime.fromtimestamp(int(value) / 1000, tz=dt.UTC)
+
+
+def parse_product(record: Mapping[str, Any]) -> tuple[Product, str | None]:
+    """The product and, when it cannot be classified from its input, the reason why."""
+    product = Product(
+        product_id=str(record["product_id"]),
+        partner_id=str(record["partner_id"]),
+        image_url=record.get("image_url"),
+        updated_at=_utc(record["updated_at"]),
+    )
+    if not product.product_id.strip():
+        return product, "product_id is empty"
+    url = (product.image_url or "").strip()
+    if not url:
+        extra = record.get("additional_image_urls") or []
+        reason = "image_url is missing"
+        if extra:
+            reason += f" (additional_image_urls has {len(extra)}; the main image is classified)"
+        return product, reason
+    if len(url) > MAX_URL_LENGTH:
+        return product, f"image_url is longer than {MAX_URL_LENGTH} characters"
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        return product, f"image_url is not a URL: {exc}"
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return product, f"image_url must be an http(s) URL with a host, got {url[:200]!r}"
+    return product, None
+
+
+def enrichment(
+    product: Product,
+    *,
+    status: Status,
+    model: Mapping[str, Any],
+    source: tuple[str, int, int],
+    error: str | None = None,
+    prediction: Prediction | None = None,
+    image: ImageInfo | None = None,
+    processed_at: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """The ``CategoryEnrichment`` record of one product."""
+    topic, partition, offset = source
+    predicted = prediction.to_record() if prediction is not None else None
+    return {
+        "product_id": product.product_id,
+        "partner_id": product.partner_id,
+        "status": status,
+        "error": error,
+        "category": predicted["category"] if predicted else None,
+        "alternatives": predicted["alternatives"] if predicted else [],
+        "model": dict(model),
+        "image": (
+            {"url": image.url, "sha256": image.sha256, "from_cache": image.from_cache}
+            if image is not None
+            else None
+        ),
+        "source": {"topic": topic, "partition": partition, "offset": offset},
+        "event_time": product.updated_at,
+        "processed_at": processed_at or dt.datetime.now(tz=dt.UTC),
+    }
