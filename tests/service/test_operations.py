@@ -1,0 +1,179 @@
+"""Running the service: endpoints, bounded in-flight work, a Redis outage mid-run."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.config import Settings
+from tests.service.test_pipeline import (
+    ENRICHMENT,
+    _encode,
+    _produce,
+    _product,
+    _read,
+    _Running,
+    _settings,
+    model_dir,
+    photos,
+    server,
+    topics,
+)
+from tests.support.image_server import Behaviour, ImageServer
+
+__all__ = ["model_dir", "photos", "server", "topics"]  # fixtures shared with test_pipeline
+
+pytestmark = pytest.mark.integration
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _slow_photo(server: ImageServer, photos: list[str], delay_s: float) -> str:
+    body = (server.root / photos[3]).read_bytes()
+    return server.script(
+        f"slow-{delay_s}.jpg", Behaviour(body=body, content_type="image/jpeg", delay_s=delay_s)
+    )
+
+
+class TestEndpoints:
+    def test_health_readiness_and_metrics(
+        self,
+        kafka_bootstrap: str,
+        topics: dict[str, str],
+        model_dir: Path,
+        server: ImageServer,
+        photos: list[str],
+    ) -> None:
+        """/healthz is up, /readyz turns ready once partitions are assigned, /metrics counts."""
+        _produce(
+            kafka_bootstrap,
+            topics["input"],
+            [_encode(_product(f"m{i}", server.url_for(photos[i]))) for i in range(10)],
+        )
+        settings = _settings(kafka_bootstrap, topics, model_dir)
+        with _Running(settings) as running:
+            port = running.service.http_port
+            assert port
+            assert (200, '{"alive": true}') == _get(port, "/healthz")
+            _read(kafka_bootstrap, topics["output"], expected=10)
+            status, body = _get(port, "/readyz")
+            assert 200 == status, body
+            status, metrics = _get(port, "/metrics")
+        assert 200 == status
+        assert "enrich_consumed_total 10.0" in metrics
+        assert 'enrich_fetch_total{outcome="ok"} 10.0' in metrics
+        assert "enrich_batch_size_count" in metrics
+
+
+class TestBackpressure:
+    def test_in_flight_work_stays_under_the_bound(
+        self,
+        kafka_bootstrap: str,
+        topics: dict[str, str],
+        model_dir: Path,
+        server: ImageServer,
+        photos: list[str],
+    ) -> None:
+        """With a backlog of slow images the consumer pauses: in-flight never passes the bound."""
+        slow = _slow_photo(server, photos, 0.02)
+        _produce(
+            kafka_bootstrap,
+            topics["input"],
+            [_encode(_product(f"b{i}", f"{slow}?i={i}")) for i in range(150)],
+        )
+        settings = _settings(kafka_bootstrap, topics, model_dir, max_in_flight=12, fetch_per_host=4)
+        highest, paused_seen = 0, False
+        with _Running(settings) as running:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                service = running.service.service
+                if service is not None:
+                    highest = max(highest, len(service.queues))
+                    paused_seen = paused_seen or service._paused
+                    if service.summary.produced >= 150:
+                        break
+                time.sleep(0.005)
+        assert 150 == len(_read(kafka_bootstrap, topics["output"], expected=150))
+        assert paused_seen
+        assert 0 < highest <= 12
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+class TestRedisOutage:
+    def test_redis_stopped_mid_run_loses_nothing(
+        self,
+        kafka_bootstrap: str,
+        topics: dict[str, str],
+        model_dir: Path,
+        server: ImageServer,
+        photos: list[str],
+        tmp_path: Path,
+    ) -> None:
+        """Redis dies mid-run: the service goes on without the cache and answers every product."""
+        port = _free_port()
+        redis = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(tmp_path),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(0.5)
+            slow = _slow_photo(server, photos, 0.02)
+            _produce(
+                kafka_bootstrap,
+                topics["input"],
+                [_encode(_product(f"r{i}", f"{slow}?i={i}")) for i in range(120)],
+            )
+            settings: Settings = _settings(
+                kafka_bootstrap,
+                topics,
+                model_dir,
+                fetch_per_host=2,
+                redis_url=f"redis://127.0.0.1:{port}/0",
+            )
+            with _Running(settings) as running:
+                deadline = time.monotonic() + 60
+                while server.hits["/scripted/slow-0.02.jpg"] < 30 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                redis.terminate()
+                redis.wait(10)
+                messages = _read(kafka_bootstrap, topics["output"], expected=120)
+                cache: Any = running.service.cache
+        finally:
+            if redis.poll() is None:
+                redis.kill()
+        assert 120 == len(messages)
+        statuses = {ENRICHMENT.decode(m.value())["status"] for m in messages}
+        assert statuses <= {"CLASSIFIED", "LOW_CONFIDENCE"}
+        assert cache.stats["errors"] >= 1
+        assert cache.stats["hits"] + cache.stats["misses"] >= 30
