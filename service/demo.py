@@ -49,9 +49,9 @@ TAXONOMY = """# Google_Product_Taxonomy_Version: 2021-09-21
 187 - Apparel & Accessories > Shoes
 412 - Food, Beverages & Tobacco
 422 - Food, Beverages & Tobacco > Food Items
-5793 - Food, Beverages & Tobacco > Food Items > Fruits & Vegetables
+430 - Food, Beverages & Tobacco > Food Items > Fruits & Vegetables
+5793 - Food, Beverages & Tobacco > Food Items > Fruits & Vegetables > Fresh & Frozen Vegetables
 5795 - Food, Beverages & Tobacco > Food Items > Fruits & Vegetables > Fresh & Frozen Fruits
-5794 - Food, Beverages & Tobacco > Food Items > Fruits & Vegetables > Fresh & Frozen Vegetables
 536 - Home & Garden
 696 - Home & Garden > Decor
 """
@@ -62,7 +62,7 @@ CLASSES: dict[int, tuple[tuple[int, int, int], str]] = {
     212: ((40, 90, 200), "square"),
     187: ((60, 60, 60), "ellipse"),
     5795: ((230, 160, 30), "circle"),
-    5794: ((40, 160, 60), "bars"),
+    5793: ((40, 160, 60), "bars"),
     696: ((150, 60, 170), "star"),
 }
 

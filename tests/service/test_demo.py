@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from service.cli import cli
+from service.demo import CLASSES, TAXONOMY
 
 pytestmark = pytest.mark.slow
 
@@ -27,3 +29,11 @@ def test_demo_enriches_every_product_and_prints_json() -> None:
         "LOW_CONFIDENCE", 0
     )
     assert summary["products_per_second"] > 0
+
+
+def test_the_embedded_taxonomy_lines_are_googles(taxonomy_file: Path) -> None:
+    """Every category the demo embeds is a line of the real taxonomy file, verbatim."""
+    real = set(taxonomy_file.read_text(encoding="utf-8").splitlines())
+    embedded = [line for line in TAXONOMY.splitlines() if line and not line.startswith("#")]
+    assert [] == [line for line in embedded if line not in real]
+    assert set(CLASSES) <= {int(line.split(" - ")[0]) for line in embedded}
