@@ -10,9 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import os
 import signal
+import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -182,12 +182,24 @@ class Service:
     def _build(self, options: ServiceOptions, consumer_extra: Mapping[str, Any]) -> None:
         settings = self.settings
         kafka = _kafka_config(settings)
-        consumer_config: dict[str, Any] = {**kafka, "group.id": self.group_id, **consumer_extra}
+        # A crashed instance's partitions move on after the session timeout: 10 s rather than
+        # librdkafka's 45 s (settings.kafka_config can still override it).
+        consumer_config: dict[str, Any] = {
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 2_000,
+            **kafka,
+            "group.id": self.group_id,
+            **consumer_extra,
+        }
         producer_config: dict[str, Any] = dict(kafka)
         if options.delivery == "exactly-once":
             consumer_config.update({"enable.auto.commit": False,
                                     "isolation.level": "read_committed"})  # fmt: skip
-            producer_config["transactional.id"] = f"{self.group_id}-{uuid.uuid4().hex[:12]}"
+            producer_config["transactional.id"] = (
+                settings.transactional_id or f"{self.group_id}-{socket.gethostname()}"
+            )
+            # An abandoned transaction blocks read_committed readers until it times out.
+            producer_config.setdefault("transaction.timeout.ms", 10_000)
         images = ImageStage(
             self.fetcher, self.cache, image_size=self.classifier.input_size,
             decode_pool=self._pool, max_pixels=settings.max_image_pixels, metrics=self.metrics,

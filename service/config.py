@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     delivery: Literal["at-least-once", "exactly-once"] = Field(
         default="at-least-once", description="Delivery guarantee of the output topic."
     )
+    transactional_id: str | None = Field(
+        default=None,
+        description="exactly-once: this instance's transactional id, stable across restarts so "
+        "a restarted instance fences its dead predecessor (default <group_id>-<hostname>; "
+        "give each instance on one host its own).",
+    )
     batch_max_size: int = Field(
         default=32, ge=1, description="Images per inference batch, at most."
     )

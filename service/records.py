@@ -88,6 +88,8 @@ def parse_product(record: Mapping[str, Any]) -> tuple[Product, str | None]:
         return product, f"image_url is not a URL: {exc}"
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         return product, f"image_url must be an http(s) URL with a host, got {url[:200]!r}"
+    if parts.username is not None or parts.password is not None:
+        return product, "image_url carries credentials (user:password@); refused"
     return product, None
 
 

@@ -1,0 +1,207 @@
+"""Fault scenarios shared by the quick CI tests and `make chaos` (bench/chaos.py).
+
+Each scenario returns a :class:`Row`: inputs, outputs, lost (input offsets with neither an
+output nor a dead-letter record, counted by reading both topics back), duplicates and the
+longest recovery time.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import confluent_kafka
+
+from service.contract import SingleObjectCodec
+
+ENRICHMENT = SingleObjectCodec.for_schema("category_enrichment")
+
+
+@dataclass
+class Row:
+    """One line of the reliability table."""
+
+    scenario: str
+    runs: int
+    inputs: int
+    outputs: int
+    lost: int
+    duplicates: int
+    guarded_hits: int
+    max_recovery_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row as JSON-ready data."""
+        return asdict(self)
+
+
+class OutputWatcher:
+    """Reads the output and dead-letter topics in the background, noting when each arrived."""
+
+    def __init__(self, bootstrap: str, topics: list[str], committed_only: bool = False) -> None:
+        config = {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"watch-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+        if committed_only:
+            config["isolation.level"] = "read_committed"
+        self._consumer = confluent_kafka.Consumer(config)
+        self._consumer.subscribe(topics)
+        self.sources: list[tuple[int, int]] = []
+        self.arrivals: list[float] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            message = self._consumer.poll(0.2)
+            if message is None or message.error() or message.value() is None:
+                continue
+            headers = dict(message.headers() or [])
+            if "dlq.source.partition" in headers:
+                source = (
+                    int(headers["dlq.source.partition"]),
+                    int(headers["dlq.source.offset"]),
+                )
+            else:
+                record = ENRICHMENT.decode(message.value())
+                source = (record["source"]["partition"], record["source"]["offset"])
+            with self._lock:
+                self.sources.append(source)
+                self.arrivals.append(time.monotonic())
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.sources)
+
+    def unique(self) -> int:
+        with self._lock:
+            return len(set(self.sources))
+
+    def first_after(self, moment: float) -> float | None:
+        with self._lock:
+            later = [t for t in self.arrivals if t > moment]
+        return min(later) if later else None
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._consumer.close()
+
+
+def serve_process(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`enrich serve` as a child process (stderr kept for diagnosis)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def service_env(
+    bootstrap: str, topics: dict[str, str], model_dir: Path, group: str, **extra: str
+) -> dict[str, str]:
+    """Environment for a serve child: topics, group, model, loopback allowed, no Redis."""
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "ENRICH_INPUT_TOPIC": topics["input"],
+        "ENRICH_OUTPUT_TOPIC": topics["output"],
+        "ENRICH_DEAD_LETTER_TOPIC": topics["dlq"],
+        "ENRICH_GROUP_ID": group,
+        "ENRICH_MODEL_DIR": str(model_dir),
+        "ENRICH_ALLOWED_NETWORKS": "127.0.0.1/32",
+        "ENRICH_METRICS_PORT": "0",
+        "ENRICH_LOG_LEVEL": "WARNING",
+        "ENRICH_LOG_FORMAT": "json",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        **extra,
+    }
+    env.pop("REDIS_URL", None)
+    return env
+
+
+def crash_scenario(
+    *,
+    bootstrap: str,
+    topics: dict[str, str],
+    model_dir: Path,
+    inputs: int,
+    kills: int,
+    max_in_flight: int,
+    delivery: str = "at-least-once",
+    seed: int = 0,
+    timeout_s: float = 300.0,
+) -> Row:
+    """`kill -9` the service `kills` times at random moments, restarting it; then finish.
+
+    The inputs must already be in ``topics["input"]``. A kill lands at a random moment
+    after the restarted service has produced something new, so every kill interrupts work.
+    """
+    rng = random.Random(seed)
+    group = f"chaos-{uuid.uuid4().hex[:8]}"
+    env = service_env(
+        bootstrap,
+        topics,
+        model_dir,
+        group,
+        ENRICH_MAX_IN_FLIGHT=str(max_in_flight),
+        ENRICH_DELIVERY=delivery,
+    )
+    watcher = OutputWatcher(
+        bootstrap, [topics["output"], topics["dlq"]], committed_only=delivery == "exactly-once"
+    )
+    recoveries: list[float] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        for _ in range(kills):
+            started = time.monotonic()
+            before = watcher.count()
+            process = serve_process(env)
+            while watcher.count() == before and time.monotonic() < deadline:
+                if process.poll() is not None:
+                    raise RuntimeError(process.stderr.read().decode()[-2000:])  # type: ignore[union-attr]
+                time.sleep(0.05)
+            first = watcher.first_after(started)
+            if first is not None:
+                recoveries.append(first - started)
+            time.sleep(rng.uniform(0.2, 1.5))
+            process.send_signal(signal.SIGKILL)
+            process.wait(30)
+        started = time.monotonic()
+        process = serve_process(env)
+        while watcher.unique() < inputs and time.monotonic() < deadline:
+            time.sleep(0.1)
+        first = watcher.first_after(started)
+        if first is not None:
+            recoveries.append(first - started)
+        time.sleep(1.0)  # late duplicates would arrive now
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    finally:
+        watcher.close()
+    unique = watcher.unique()
+    return Row(
+        scenario=f"crash ({delivery}, kill -9)",
+        runs=kills + 1,
+        inputs=inputs,
+        outputs=watcher.count(),
+        lost=inputs - unique,
+        duplicates=watcher.count() - unique,
+        guarded_hits=0,
+        max_recovery_s=round(max(recoveries, default=0.0), 2),
+    )
