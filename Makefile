@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
 
@@ -53,3 +54,16 @@ clean: ## Remove the virtual environment and run files.
 .PHONY: quality
 quality: install ## The documented quality run (about an hour on 2 cores): reports into docs/results/.
 	bench/quality_run.sh
+
+.PHONY: bench
+bench: install ## Service benchmarks on real Kafka + Redis (about 15 min): docs/performance.md.
+	deploy/local/with-services.sh $(BIN)/python -m bench.service_bench $(BENCH_ARGS)
+
+.PHONY: bench-quick
+bench-quick: install ## The same figures on smaller inputs (under 5 min): bench/results/ only.
+	deploy/local/with-services.sh $(BIN)/python -m bench.service_bench --quick $(BENCH_ARGS)
+
+CHAOS_ARGS ?=
+.PHONY: chaos
+chaos: install ## The long fault scenarios (kill -9, SSRF) as one table: docs/reliability.md.
+	deploy/local/with-services.sh $(BIN)/python bench/chaos.py $(CHAOS_ARGS)

@@ -205,3 +205,52 @@ def crash_scenario(
         guarded_hits=0,
         max_recovery_s=round(max(recoveries, default=0.0), 2),
     )
+
+
+class CountingListener:
+    """A TCP listener on 127.0.0.1 that counts connections (a guarded target must get 0)."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        self._socket.listen(64)
+        self._socket.settimeout(0.2)
+        self.port = int(self._socket.getsockname()[1])
+        self.hits = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:
+                continue
+            self.hits += 1
+            connection.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self._socket.close()
+
+
+def ssrf_urls(port: int) -> dict[str, str]:
+    """URLs aimed at guarded addresses; the loopback ones would reach the counting listener."""
+    return {
+        "loopback": f"http://127.0.0.1:{port}/a.jpg",
+        "localhost-name": f"http://localhost:{port}/a.jpg",
+        "decimal": f"http://2130706433:{port}/a.jpg",
+        "octal": f"http://0177.0.0.1:{port}/a.jpg",
+        "short": f"http://127.1:{port}/a.jpg",
+        "mapped-v6": f"http://[::ffff:127.0.0.1]:{port}/a.jpg",
+        "v6-loopback": f"http://[::1]:{port}/a.jpg",
+        "unspecified": f"http://0.0.0.0:{port}/a.jpg",
+        "ten": "http://10.0.0.1/a.jpg",
+        "one-seven-two": "http://172.16.0.1/a.jpg",
+        "one-nine-two": "http://192.168.1.1/a.jpg",
+        "metadata": "http://169.254.169.254/latest/meta-data/",
+    }
