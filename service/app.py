@@ -133,7 +133,11 @@ class Service:
     def _on_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)
         self.metrics.inference_latency.observe(seconds)
-        log.debug("batch", size=size, seconds=round(seconds, 4))
+        log.info("batch", size=size, seconds=round(seconds, 4), in_flight=self._in_flight())
+
+    def _in_flight(self) -> int:
+        """Messages consumed and not yet acknowledged (0 before the loop starts)."""
+        return len(self.service.queues) if self.service is not None else 0
 
     def __enter__(self) -> Service:
         """Start the event loop, the fetcher's session, the inference thread, the endpoints."""
@@ -167,9 +171,9 @@ class Service:
     def _alive(self) -> bool:
         """Alive while starting, and while the main loop has turned in the last 30 s."""
         service = self.service
-        if service is None or not service.alive:
-            return service is None
-        return time.monotonic() - service.heartbeat < 30.0
+        if service is None or not (service.alive or service.stopped):
+            return True  # starting
+        return service.alive and time.monotonic() - service.heartbeat < 30.0
 
     def _ready(self) -> dict[str, bool]:
         service = self.service

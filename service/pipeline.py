@@ -143,6 +143,7 @@ class EnrichmentService:
         self.assigned: set[tuple[str, int]] = set()
         self.broker_ok = False
         self.alive = False
+        self.stopped = False
         self.heartbeat = time.monotonic()
         self._paused = False
         self._fatal: BaseException | None = None
@@ -194,6 +195,7 @@ class EnrichmentService:
         try:
             record = self.product_codec.decode(value)
             product, invalid = parse_product(record)
+            pending.context["event_time"] = product.updated_at.timestamp()
         except (SerializationError, KeyError, TypeError, ValueError, OverflowError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
             log.warning("dead_letter", topic=topic, partition=partition, offset=offset,
@@ -265,6 +267,9 @@ class EnrichmentService:
             self.metrics.dead_lettered.inc()
         else:
             self.metrics.produced.labels(output.status).inc()
+        event_time = pending.context.get("event_time")
+        if event_time is not None:
+            self.metrics.end_to_end.observe(max(0.0, time.time() - event_time))
 
     def _produce(self, pending: Pending) -> None:
         output = pending.output
@@ -478,6 +483,7 @@ class EnrichmentService:
                 log.warning("shutdown_deadline", unfinished=len(self.queues))
         finally:
             self.alive = False
+            self.stopped = True
             self.consumer.close()
             log.info(
                 "stopped", consumed=self.summary.consumed, produced=self.summary.produced,

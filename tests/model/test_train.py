@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from collections import defaultdict
@@ -105,3 +106,51 @@ def test_train_evaluate_compare_write_every_file(
     assert "tiny" == rows[0]["backbone"]
     assert "| report |" in (grid / "comparison.md").read_text()
     assert _is_picture(grid / "comparison.png")
+
+
+class _FakeMlflow:
+    """Records what training sends to MLflow (the real one needs a tracking server)."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, str] = {}
+        self.metrics: list[tuple[int, dict[str, float]]] = []
+        self.artifacts: list[str] = []
+
+    def start_run(self, run_name: str) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def log_params(self, params: dict[str, str]) -> None:
+        self.params.update(params)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.metrics.append((step, metrics))
+
+    def log_artifacts(self, path: str, artifact_path: str | None = None) -> None:
+        self.artifacts.append(path)
+
+    def log_artifact(self, path: str) -> None:
+        self.artifacts.append(path)
+
+
+def test_mlflow_gets_parameters_metrics_per_epoch_and_artifacts(
+    small_labels: Path, shared_data: Path, taxonomy_file: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """With MLflow configured, parameters, per-level metrics each epoch and the model are logged."""
+    from model import train as training
+
+    fake = _FakeMlflow()
+    monkeypatch.setattr(training, "_mlflow", lambda: fake)
+    training.train(
+        training.TrainConfig(
+            labels=small_labels, images_root=shared_data / "product-images",
+            taxonomy=taxonomy_file, output=tmp_path / "run", backbone="tiny", image_size=32,
+            epochs=2, batch_size=16, verbose=0,
+        )
+    )  # fmt: skip
+    assert "tiny" == fake.params["backbone"]
+    assert [0, 1] == [step for step, _ in fake.metrics]
+    for key in ("level_4_accuracy", "level_4_loss", "level_4_top5_accuracy", "val_weighted_score"):
+        assert key in fake.metrics[-1][1]
+    assert any(path.endswith("model") for path in fake.artifacts)
+    assert any(path.endswith("training_curves.png") for path in fake.artifacts)

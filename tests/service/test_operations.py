@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
@@ -77,11 +78,20 @@ class TestEndpoints:
             _read(kafka_bootstrap, topics["output"], expected=10)
             status, body = _get(port, "/readyz")
             assert 200 == status, body
+            deadline = time.monotonic() + 15  # lag is read every 5 s
             status, metrics = _get(port, "/metrics")
+            while "enrich_consumer_lag{" not in metrics and time.monotonic() < deadline:
+                time.sleep(0.5)
+                status, metrics = _get(port, "/metrics")
         assert 200 == status
         assert "enrich_consumed_total 10.0" in metrics
         assert 'enrich_fetch_total{outcome="ok"} 10.0' in metrics
         assert "enrich_batch_size_count" in metrics
+        assert "enrich_end_to_end_seconds_count 10.0" in metrics
+        lags = re.findall(rf'enrich_consumer_lag{{partition="\d",topic="{topics["input"]}"}} (\S+)',
+                          metrics)  # fmt: skip
+        assert lags
+        assert {"0.0"} == set(lags)
 
 
 class TestBackpressure:
@@ -177,3 +187,33 @@ class TestRedisOutage:
         assert statuses <= {"CLASSIFIED", "LOW_CONFIDENCE"}
         assert cache.stats["errors"] >= 1
         assert cache.stats["hits"] + cache.stats["misses"] >= 30
+
+
+class TestRebalance:
+    def test_a_second_instance_joining_mid_stream_loses_nothing(
+        self, kafka_bootstrap: str, topics: dict[str, str], model_dir: Path,
+        server: ImageServer, photos: list[str],
+    ) -> None:  # fmt: skip
+        """When a second instance joins, the first finishes its revoked work; nothing is lost."""
+        slow = _slow_photo(server, photos, 0.02)
+        count = 300
+        _produce(kafka_bootstrap, topics["input"],
+                 [_encode(_product(f"g{i}", f"{slow}?i={i}")) for i in range(count)])  # fmt: skip
+        settings = _settings(kafka_bootstrap, topics, model_dir, max_in_flight=40,
+                             fetch_per_host=4)  # fmt: skip
+        with _Running(settings) as first:
+            deadline = time.monotonic() + 60
+            while server.hits["/scripted/slow-0.02.jpg"] < 40 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with _Running(settings) as second:
+                messages = _read(kafka_bootstrap, topics["output"], expected=count)
+                assert second.service.service is not None
+                second_share = second.service.service.summary.produced
+            first_share = first.service.service.summary.produced if first.service.service else 0
+        sources = {
+            (r["source"]["partition"], r["source"]["offset"])
+            for r in (ENRICHMENT.decode(m.value()) for m in messages)
+        }
+        assert count == len(sources)
+        assert second_share > 0, "the second instance never got a partition"
+        assert first_share > 0
