@@ -34,7 +34,10 @@ def configure_logging(level: str = "INFO", fmt: LogFormat = "auto") -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        # Not cached: a module-level logger used once would keep this configuration forever,
+        # so reconfiguring (a second CLI call in one process, tests capturing logs) would not
+        # reach it. The cost is one configuration lookup per log call.
+        cache_logger_on_first_use=False,
     )
     logging.basicConfig(
         level=numeric, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s"
