@@ -58,10 +58,12 @@ quality: install ## The documented quality run (about an hour on 2 cores): repor
 .PHONY: bench
 bench: install ## Service benchmarks on real Kafka + Redis (about 15 min): docs/performance.md.
 	deploy/local/with-services.sh $(BIN)/python -m bench.service_bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.dataset_bench
 
 .PHONY: bench-quick
 bench-quick: install ## The same figures on smaller inputs (under 5 min): bench/results/ only.
 	deploy/local/with-services.sh $(BIN)/python -m bench.service_bench --quick $(BENCH_ARGS)
+	$(BIN)/python -m bench.dataset_bench --quick
 
 CHAOS_ARGS ?=
 .PHONY: chaos

@@ -5,6 +5,10 @@ images root, or a URL), `google_category_id`, and optionally `split` and `produc
 Images are decoded once with `model.preprocess.decode_image` (the service's own code) in a
 process pool and cached on disk as one `.npy` per (file list, size), so later epochs and later
 runs read pixels straight from memory.
+
+A dataset directory written by `enrich build-dataset` (TFRecord shards, `dataset.json`,
+`split.csv`) is read by `load_dataset` into the same (images, rows) pair; the feature names of
+its records are defined here, so the builder and training cannot disagree about them.
 """
 
 import csv
@@ -13,7 +17,7 @@ import json
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -31,6 +35,26 @@ _SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation
 _IMAGE_COLUMNS = ("image_path", "image", "image_url", "path", "url")
 # The default split when a labels file has no split column, as in the original system.
 DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
+
+# The features of a dataset record (one tf.train.Example per product), written by
+# `service.dataset` and read by `load_dataset`.
+FEATURE_IMAGE = "image"
+"""The resized image, JPEG-encoded."""
+FEATURE_IMAGE_SIZE = "image_size"
+FEATURE_PRODUCT_ID = "product_id"
+FEATURE_IMAGE_URL = "image_url"
+FEATURE_CATEGORY_ID = "google_category_id"
+"""The category the product was labelled with, at any depth."""
+FEATURE_TRUNCATED_ID = "category_id"
+"""The labelled category truncated to the dataset's depth."""
+FEATURE_PATH = "category_path"
+"""The truncated category's ids from the root down."""
+FEATURE_LEVEL_LABEL = "label_level_{level}"
+"""Index per level in the full vocabulary of the truncated taxonomy, -1 below the leaf."""
+FEATURE_SHA256 = "sha256"
+"""Hex digest of the downloaded (original) image bytes."""
+DATASET_FILE = "dataset.json"
+DATASET_SPLITS_FILE = "split.csv"
 
 
 @dataclass(frozen=True)
@@ -222,3 +246,64 @@ def load_images(
         np.savez(tmp, images=images, failed=np.asarray(failed, dtype=np.int64))
         tmp.replace(cache)
     return images, failed
+
+
+def _read_text(path: str) -> str:
+    import tensorflow as tf
+
+    try:
+        with tf.io.gfile.GFile(path, "r") as stream:
+            return str(stream.read())
+    except (OSError, tf.errors.OpError) as exc:
+        raise ModelError(f"cannot read {path}: {exc}") from exc
+
+
+def load_dataset(
+    directory: str | Path, size: int, *, progress: bool = True
+) -> tuple[NDArray[np.uint8], list[LabelRow]]:
+    """Read a dataset built by `enrich build-dataset` into `(n, size, size, 3)` uint8 and rows.
+
+    `directory` is a local path or any `tf.io.gfile` URL. Row `i` describes image `i`; its
+    `image` is `<shard>#<record>`, its `line` is `i`, its split comes from the dataset's
+    `split.csv`. Images are
+    resized to `size` by `decode_image` when the dataset was built at another size.
+    """
+    import tensorflow as tf
+
+    root = str(directory).rstrip("/")
+    try:
+        info = json.loads(_read_text(f"{root}/{DATASET_FILE}"))
+        shards = [str(name) for name in info["shards"]]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ModelError(f"{root}/{DATASET_FILE} is not a dataset description: {exc}") from exc
+    # A product may be in two shards (a Kafka message consumed twice): the split file names
+    # the one whose record counts.
+    split_of = {
+        row["product_id"]: (row["split"], row.get("shard") or "")
+        for row in csv.DictReader(_read_text(f"{root}/{DATASET_SPLITS_FILE}").splitlines())
+    }
+    jpegs: list[bytes] = []
+    rows: list[LabelRow] = []
+    for shard in shards:
+        for number, raw in enumerate(
+            tf.data.TFRecordDataset(f"{root}/{shard}").as_numpy_iterator()
+        ):
+            feature = tf.train.Example.FromString(raw).features.feature
+            product_id = feature[FEATURE_PRODUCT_ID].bytes_list.value[0].decode()
+            split, owner = split_of.get(product_id, ("", ""))
+            if not split or (owner and not shard.endswith(f"/{owner}.tfrecord")):
+                continue
+            category_id = int(feature[FEATURE_CATEGORY_ID].int64_list.value[0])
+            jpegs.append(bytes(feature[FEATURE_IMAGE].bytes_list.value[0]))
+            rows.append(LabelRow(f"{shard}#{number}", category_id, product_id, split, len(rows)))
+    images = np.empty((len(jpegs), size, size, 3), dtype=np.uint8)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        decoded = pool.map(lambda data: decode_image(data, size), jpegs)
+        iterator: Iterable[NDArray[np.uint8]] = (
+            tqdm(decoded, total=len(jpegs), desc=f"dataset {size}px", unit="img")
+            if progress
+            else decoded
+        )
+        for index, image in enumerate(iterator):
+            images[index] = image
+    return images, rows

@@ -31,7 +31,14 @@ from numpy.typing import NDArray
 
 from model.build import LEAF_HEAD, HeadsKind, build_model, compile_model, count_params, level_names
 from model.classifier import decode_outputs, predict_outputs, save_model
-from model.data import LabelRow, assign_splits, hold_out_validation, load_images, read_labels
+from model.data import (
+    LabelRow,
+    assign_splits,
+    hold_out_validation,
+    load_dataset,
+    load_images,
+    read_labels,
+)
 from model.decode import Decoder
 from model.errors import ModelError
 from model.metrics import read_business_values, weighted_accuracy
@@ -85,6 +92,9 @@ class TrainConfig:
     cache_dir: Path | None = None
     verbose: int = 1
     extra: Mapping[str, Any] = field(default_factory=dict)
+    dataset: Path | None = None
+    """A folder built by `enrich build-dataset`; when set, `labels` and `images_root` are
+    ignored and the shards' images, labels and split are used."""
 
 
 @dataclass
@@ -300,8 +310,14 @@ def _load_split(
     config: TrainConfig,
     size: int,
     truncated: TruncatedTaxonomy,
+    preloaded: NDArray[np.uint8] | None = None,
 ) -> _Split:
     chosen = [r for r in rows if r.split == name]
+    if preloaded is not None:
+        # Rows of a built dataset: `line` is the row's index into the preloaded images.
+        indices = np.array([r.line for r in chosen], dtype=np.int64)
+        true_ids = np.array([truncated.truncate_id(r.category_id) for r in chosen], dtype=np.int64)
+        return _Split(list(chosen), preloaded[indices], true_ids)
     images, failed = load_images(
         chosen, config.images_root, size, cache_dir=config.cache_dir, progress=config.verbose > 0
     )
@@ -349,7 +365,14 @@ def train(
     keras.utils.set_random_seed(config.seed)
     taxonomy = Taxonomy.load(config.taxonomy)
     truncated = taxonomy.truncate(config.depth)
-    rows = read_labels(config.labels)
+    from model.backbones import native_size
+
+    size = config.image_size or native_size(config.backbone)
+    preloaded: NDArray[np.uint8] | None = None
+    if config.dataset is not None:
+        preloaded, rows = load_dataset(config.dataset, size, progress=config.verbose > 0)
+    else:
+        rows = read_labels(config.labels)
     rows = (
         hold_out_validation(rows, truncated, config.holdout)
         if config.holdout
@@ -360,20 +383,18 @@ def train(
     train_rows = [r for r in rows if r.split == "train"]
     if not train_rows or not any(r.split == "validation" for r in rows):
         raise ModelError(
-            f"{config.labels}: training needs rows in both the train and validation splits"
+            f"{config.dataset or config.labels}: training needs rows in both the train and "
+            "validation splits"
         )
     vocabulary = (
         Vocabulary.full(truncated)
         if config.vocabulary == "full"
         else Vocabulary.from_labels(truncated, (r.category_id for r in train_rows))
     )
-    from model.backbones import native_size
-
-    size = config.image_size or native_size(config.backbone)
     cache_dir = config.cache_dir or config.output / "cache"
     config = TrainConfig(**{**asdict(config), "cache_dir": cache_dir})
-    train_split = _load_split(rows, "train", config, size, truncated)
-    validation = _load_split(rows, "validation", config, size, truncated)
+    train_split = _load_split(rows, "train", config, size, truncated, preloaded)
+    validation = _load_split(rows, "validation", config, size, truncated, preloaded)
     # Validation categories the training vocabulary lacks cannot be predicted: say so, and keep
     # them (they count as errors, as they would in production).
     unknown = sorted({int(i) for i in validation.true_ids if int(i) not in vocabulary})
@@ -474,7 +495,7 @@ def train(
         best_model = keras.saving.load_model(best_path) if best_path.exists() else model
         elapsed = time.monotonic() - started
         summary = {
-            "labels": str(config.labels),
+            "labels": str(config.dataset or config.labels),
             "images": {"train": len(train_split.images), "validation": len(validation.images)},
             "leaves": dict(sorted(Counter(int(i) for i in train_split.true_ids).items())),
             "epochs": len(history.get("loss", [])),

@@ -3,6 +3,7 @@
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -73,13 +74,19 @@ def _taxonomy_option(function: Any) -> Any:
 
 
 @cli.command("train")
-@click.option("--labels", required=True, type=_EXISTING_FILE, help="CSV or JSONL labels file.")
+@click.option("--labels", default=None, type=_EXISTING_FILE, help="CSV or JSONL labels file.")
 @click.option(
     "--images",
     "images_root",
-    required=True,
+    default=None,
     type=_EXISTING_DIR,
     help="Folder the labels' image paths are relative to.",
+)
+@click.option(
+    "--dataset",
+    default=None,
+    type=_EXISTING_DIR,
+    help="A folder built by `enrich build-dataset`, instead of --labels and --images.",
 )
 @_taxonomy_option
 @click.option("--depth", type=click.IntRange(min=1), default=4, show_default=True)
@@ -163,8 +170,9 @@ def _taxonomy_option(function: Any) -> Any:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Go on from the run directory's last checkpoint.")
 def train_command(
-    labels: Path,
-    images_root: Path,
+    labels: Path | None,
+    images_root: Path | None,
+    dataset: Path | None,
     taxonomy_file: Path,
     depth: int,
     output: Path,
@@ -196,12 +204,19 @@ def train_command(
     from model.train import DEFAULT_BACKBONE, DEFAULT_BN_MOMENTUM, DEFAULT_IMAGE_SIZE, TrainConfig
     from model.train import train as run_training
 
+    if dataset is not None:
+        if labels is not None or images_root is not None:
+            raise click.UsageError("give either --dataset or --labels with --images, not both")
+        labels, images_root = dataset / "split.csv", dataset
+    elif labels is None or images_root is None:
+        raise click.UsageError("give --labels and --images, or --dataset")
     configure_logging()
     chosen = backbone or DEFAULT_BACKBONE
     size = image_size or (DEFAULT_IMAGE_SIZE if chosen == DEFAULT_BACKBONE else None)
     config = TrainConfig(
         labels=labels,
         images_root=images_root,
+        dataset=dataset,
         taxonomy=taxonomy_file,
         output=output,
         depth=depth,
@@ -233,6 +248,192 @@ def train_command(
         f"trained {result.epochs_run} epochs in {result.elapsed_s:.0f}s "
         f"({result.stopped_because}); best epoch {result.best_epoch + 1}, validation weighted "
         f"score {result.best_score:.4f}; model: {result.model_dir}"
+    )
+
+
+@cli.group("build-dataset", invoke_without_command=True)
+@click.option(
+    "--labels",
+    default=None,
+    type=_EXISTING_FILE,
+    help="CSV or JSONL with product_id, image_url, google_category_id.",
+)
+@click.option(
+    "--kafka-topic",
+    default=None,
+    help="Read labelled products from this topic instead, as one worker of --group-id.",
+)
+@click.option(
+    "--group-id", default="build-dataset", show_default=True, help="Consumer group of workers."
+)
+@click.option("--worker", default=None, help="This worker's unique name (default: host-pid).")
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="A Kafka worker stops after this many seconds without a message.",
+)
+@click.option(
+    "--taxonomy",
+    "taxonomy_file",
+    envvar="ENRICH_TAXONOMY",
+    default=None,
+    type=_EXISTING_FILE,
+    help="Google's taxonomy-with-ids file (env ENRICH_TAXONOMY).",
+)
+@click.option("--output", default=None, help="Dataset folder: a local path or a tf.io.gfile URL.")
+@click.option("--depth", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--image-size", type=click.IntRange(min=1), default=224, show_default=True)
+@click.option(
+    "--shard-size",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Labelled products per shard.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Downloads in flight at once.",
+)
+@click.option(
+    "--allowed-networks",
+    default="",
+    help="Comma-separated networks the address guard lets through (e.g. an internal CDN; "
+    "default: ENRICH_ALLOWED_NETWORKS). Timeouts, retries and the byte cap are the service's "
+    "ENRICH_* settings.",
+)
+@click.option(
+    "--retry-failed", is_flag=True, help="Fetch again only the failures of the earlier build."
+)
+@click.option(
+    "--cache/--no-cache",
+    default=True,
+    show_default=True,
+    help="Use the service's Redis image cache when REDIS_URL is set.",
+)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.pass_context
+def build_dataset_command(
+    ctx: click.Context,
+    labels: Path | None,
+    kafka_topic: str | None,
+    group_id: str,
+    worker: str | None,
+    idle_timeout: float,
+    taxonomy_file: Path | None,
+    output: str | None,
+    depth: int,
+    image_size: int,
+    shard_size: int,
+    concurrency: int,
+    allowed_networks: str,
+    retry_failed: bool,
+    cache: bool,
+    progress: bool,
+) -> None:
+    """Download labelled product images into resized TFRecord shards, split 70/15/15.
+
+    With --kafka-topic, run one of any number of workers sharing the topic; then
+    `enrich build-dataset finalize` merges their shards' statistics and split.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if taxonomy_file is None or output is None:
+        raise click.UsageError("--taxonomy and --output are required")
+    if (labels is None) == (kafka_topic is None):
+        raise click.UsageError("give exactly one of --labels and --kafka-topic")
+    if kafka_topic is not None and retry_failed:
+        raise click.UsageError("--retry-failed reads the failures file: use it without Kafka")
+    from service.dataset import BuildConfig, build_dataset
+    from service.fetch import FetchConfig
+
+    settings = _settings()
+    networks = tuple(net.strip() for net in allowed_networks.split(",") if net.strip())
+    fetch = FetchConfig(
+        total_connections=concurrency,
+        per_host=settings.fetch_per_host,
+        connect_timeout_s=settings.connect_timeout_s,
+        read_timeout_s=settings.read_timeout_s,
+        total_timeout_s=settings.total_timeout_s,
+        max_bytes=settings.max_image_bytes,
+        retries=settings.fetch_retries,
+        allowed_networks=networks or tuple(settings.allowed_network_list),
+    )
+    config = BuildConfig(
+        labels=labels or Path(),
+        taxonomy=taxonomy_file,
+        output=output,
+        depth=depth,
+        image_size=image_size,
+        shard_size=shard_size,
+        concurrency=concurrency,
+        fetch=fetch,
+        retry_failed=retry_failed,
+        progress=progress,
+        worker=worker or "",
+    )
+    image_cache = None
+    if cache and settings.redis_url:
+        from service.cache import ImageCache
+        from service.redis_store import RedisStore
+
+        image_cache = ImageCache(
+            RedisStore(settings.redis_url, prefix="enrich:", socket_timeout=0.5),
+            image_size=image_size,
+            ttl_s=settings.cache_ttl_s,
+            negative_ttl_s=settings.cache_negative_ttl_s,
+        )
+    if kafka_topic is not None:
+        import socket
+
+        from service.dataset.kafka_source import KafkaSource, run_worker
+
+        name = worker or f"{socket.gethostname()}-{os.getpid()}"
+        source = KafkaSource(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            topic=kafka_topic,
+            group_id=group_id,
+            worker=name,
+            idle_timeout_s=idle_timeout,
+            config=settings.kafka_config,
+        )
+        done = run_worker(replace(config, worker=name), source, cache=image_cache)
+        click.echo(
+            f"worker {name}: {done.products:,} products in {done.shards} shards "
+            f"({done.skipped} messages skipped); run `enrich build-dataset finalize`"
+        )
+        return
+    report = build_dataset(config, image_cache)
+    stats = report.finalized.stats
+    click.echo(
+        f"{stats['ok']:,} of {stats['products']:,} products kept, {stats['failed']:,} failed "
+        f"({stats['failure_share']:.1%}); {report.shards_written} shards written, "
+        f"{report.shards_skipped} already done; splits {stats['splits']}; "
+        f"see {output}/stats.md"
+    )
+
+
+@build_dataset_command.command("finalize")
+@_taxonomy_option
+@click.option("--output", required=True, help="The dataset folder the workers wrote.")
+def build_dataset_finalize(taxonomy_file: Path, output: str) -> None:
+    """Merge every worker's shard manifests: split, failures file, statistics."""
+    from service.dataset import finalize
+    from service.dataset.manifest import read_manifests
+    from service.dataset.storage import join
+
+    configure_logging()
+    manifests = read_manifests(join(output, "shards"))
+    depth = manifests[0].depth if manifests else 4
+    done = finalize(output, Taxonomy.load(taxonomy_file).truncate(depth))
+    stats = done.stats
+    click.echo(
+        f"{done.records:,} records in {done.shards} shards; {stats['failed']:,} failed "
+        f"({stats['failure_share']:.1%}); splits {stats['splits']}; see {output}/stats.md"
     )
 
 

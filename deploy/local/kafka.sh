@@ -7,7 +7,8 @@
 # Otherwise the broker jars are resolved once with Maven into
 # ${ENRICH_CACHE_DIR:-~/.cache/enrich}/kafka/<version>/lib and the broker runs
 # from ${ENRICH_RUN_DIR:-<repo>/.run}/kafka (config, data, kafka.log, kafka.pid).
-# Knobs: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_HEAP_OPTS.
+# Knobs: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_HEAP_OPTS, and
+# KAFKA_KEEP_DATA=1 (stop keeps the data; start reuses it: an outage, not a new cluster).
 # status exits 0 when the broker answers a metadata request, 3 otherwise.
 set -euo pipefail
 
@@ -128,16 +129,23 @@ start() {
   port_busy "$CONTROLLER_PORT" && die "controller port $CONTROLLER_PORT is in use; set KAFKA_CONTROLLER_PORT"
   ensure_jars
 
-  # Always start from a fresh, freshly formatted data dir (also clears stale state).
-  rm -rf "$DATA" "$PID_FILE"
-  mkdir -p "$RUN"
-  : >"$LOG"
-  write_config
   local cluster_id jvm_log=(-Dlog4j2.configurationFile="$RUN/log4j2.properties" -Dkafka.logs.dir="$RUN")
-  cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
-  "$JAVA" -Xmx256m -Dkafka.log.level=WARN "${jvm_log[@]}" -cp "$LIB/*" kafka.tools.StorageTool format \
-    --config "$RUN/server.properties" --cluster-id "$cluster_id" >>"$LOG" 2>&1 \
-    || { tail -n 30 "$LOG" >&2; die "formatting KRaft storage failed (log: $LOG)"; }
+  if [[ "${KAFKA_KEEP_DATA:-0}" == 1 && -f "$DATA/meta.properties" ]]; then
+    # Restart on the data of the last run (outage tests): same cluster, same topics.
+    rm -f "$PID_FILE"
+    write_config
+    cluster_id="$(sed -n 's/^cluster.id=//p' "$DATA/meta.properties")"
+  else
+    # Start from a fresh, freshly formatted data dir (also clears stale state).
+    rm -rf "$DATA" "$PID_FILE"
+    mkdir -p "$RUN"
+    : >"$LOG"
+    write_config
+    cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+    "$JAVA" -Xmx256m -Dkafka.log.level=WARN "${jvm_log[@]}" -cp "$LIB/*" kafka.tools.StorageTool format \
+      --config "$RUN/server.properties" --cluster-id "$cluster_id" >>"$LOG" 2>&1 \
+      || { tail -n 30 "$LOG" >&2; die "formatting KRaft storage failed (log: $LOG)"; }
+  fi
 
   local heap
   read -ra heap <<<"${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m}"
@@ -168,7 +176,7 @@ start() {
 stop() {
   if ! running; then
     log "not running"
-    rm -rf "$PID_FILE" "$DATA"
+    rm -f "$PID_FILE"; [[ "${KAFKA_KEEP_DATA:-0}" == 1 ]] || rm -rf "$DATA"
     return 0
   fi
   local pid i
@@ -184,7 +192,8 @@ stop() {
     kill -KILL "$pid" 2>/dev/null || true
     sleep 1
   fi
-  rm -rf "$PID_FILE" "$DATA"
+  rm -f "$PID_FILE"
+  [[ "${KAFKA_KEEP_DATA:-0}" == 1 ]] || rm -rf "$DATA"
   log "stopped"
 }
 

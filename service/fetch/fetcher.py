@@ -129,6 +129,9 @@ class FetchResult:
     permanent: bool = False
     """Whether the failure will stay (404, 410, blocked, not an image, too large), so it may be
     cached negatively; timeouts, 5xx, 429 and broken connections are not."""
+    kind: str = "ok"
+    """The short, bounded label of how it ended, as counted in `stats` under `reason:<kind>`
+    (`ok`, `http_404`, `timeout`, `dns`, `connection`, `blocked_private`, `not_image`...)."""
 
     @property
     def ok(self) -> bool:
@@ -287,6 +290,7 @@ class ImageFetcher:
             attempts=attempts,
             elapsed_s=time.monotonic() - started,
             permanent=end.permanent,
+            kind=end.kind,
         )
         self.stats[f"outcome:{end.outcome}"] += 1
         self.stats[f"reason:{end.kind}"] += 1
@@ -383,6 +387,8 @@ class ImageFetcher:
             return _unavailable("tls", url, f"TLS failed: {exc}", permanent=False)
         except aiohttp.InvalidURL as exc:
             return _unavailable("malformed_url", url, f"malformed URL: {exc}", permanent=True)
+        except aiohttp.ClientConnectorDNSError as exc:
+            return _retry("dns", url, f"DNS lookup failed: {exc or type(exc).__name__}")
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             return _retry("connection", url, f"connection failed: {exc or type(exc).__name__}")
         except aiohttp.ClientResponseError as exc:

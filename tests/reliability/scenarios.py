@@ -12,6 +12,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -103,13 +104,21 @@ class OutputWatcher:
 
 
 def serve_process(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """`enrich serve` as a child process (stderr kept for diagnosis)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    """`enrich serve` as a child process; its stderr goes to a temporary file (a pipe nobody
+    reads would fill up with librdkafka's connection errors during an outage and block it)."""
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the process object)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve"], env=env, stdout=log, stderr=log
     )
+    process.log = log  # type: ignore[attr-defined]
+    return process
+
+
+def process_log(process: subprocess.Popen[bytes]) -> str:
+    """The last lines a serve child wrote."""
+    log = process.log  # type: ignore[attr-defined]
+    log.seek(0)
+    return str(log.read().decode(errors="replace")[-3000:])
 
 
 def service_env(
@@ -174,7 +183,7 @@ def crash_scenario(
             process = serve_process(env)
             while watcher.count() == before and time.monotonic() < deadline:
                 if process.poll() is not None:
-                    raise RuntimeError(process.stderr.read().decode()[-2000:])  # type: ignore[union-attr]
+                    raise RuntimeError(process_log(process))
                 time.sleep(0.05)
             first = watcher.first_after(started)
             if first is not None:
@@ -254,3 +263,124 @@ def ssrf_urls(port: int) -> dict[str, str]:
         "one-nine-two": "http://192.168.1.1/a.jpg",
         "metadata": "http://169.254.169.254/latest/meta-data/",
     }
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PrivateBroker:
+    """A Kafka broker of the scenario's own (deploy/local/kafka.sh on private ports), so it can
+    be stopped and started again on the same data without disturbing anyone else's."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.port = free_port()
+        self.env = {
+            **{k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"},
+            "KAFKA_PORT": str(self.port),
+            "KAFKA_CONTROLLER_PORT": str(free_port()),
+            "ENRICH_RUN_DIR": str(run_dir),
+            "KAFKA_KEEP_DATA": "1",
+        }
+        self.script = Path(__file__).resolve().parents[2] / "deploy" / "local" / "kafka.sh"
+        self.bootstrap = f"127.0.0.1:{self.port}"
+
+    def _run(self, action: str, keep: bool = True) -> None:
+        env = {**self.env, "KAFKA_KEEP_DATA": "1" if keep else "0"}
+        subprocess.run([str(self.script), action], env=env, check=True, capture_output=True)
+
+    def start(self) -> None:
+        self._run("start")
+
+    def stop(self, keep: bool = True) -> None:
+        self._run("stop", keep)
+
+
+def _ready(port: int) -> bool | None:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+            return bool(response.status == 200)
+    except urllib.error.HTTPError:
+        return False
+    except OSError:
+        return None
+
+
+def broker_outage_scenario(
+    *,
+    broker: PrivateBroker,
+    topics: dict[str, str],
+    model_dir: Path,
+    inputs: int,
+    outage_s: float,
+    timeout_s: float = 300.0,
+) -> tuple[Row, list[bool]]:
+    """Stop the broker for ``outage_s`` mid-stream, start it again; the service must recover.
+
+    Returns the row and the sequence of distinct /readyz answers seen (expected: True, False,
+    True). The inputs must already be in ``topics["input"]`` on ``broker``.
+    """
+    http_port = free_port()
+    env = service_env(broker.bootstrap, topics, model_dir, f"outage-{uuid.uuid4().hex[:6]}",
+                      ENRICH_METRICS_PORT=str(http_port), ENRICH_MAX_IN_FLIGHT="100")  # fmt: skip
+    watcher = OutputWatcher(broker.bootstrap, [topics["output"], topics["dlq"]])
+    process = serve_process(env)
+    readiness: list[bool] = []
+    recovery = 0.0
+    deadline = time.monotonic() + timeout_s
+
+    def note_ready() -> None:
+        state = _ready(http_port)
+        if state is not None and (not readiness or readiness[-1] != state):
+            readiness.append(state)
+
+    try:
+        while watcher.unique() < inputs // 4 and time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(process_log(process))
+            note_ready()
+            time.sleep(0.1)
+        broker.stop(keep=True)
+        stopped_at = time.monotonic()
+        while time.monotonic() - stopped_at < outage_s:
+            note_ready()
+            time.sleep(0.5)
+        broker.start()
+        restarted = time.monotonic()
+        while watcher.unique() < inputs and time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(process_log(process))
+            note_ready()
+            time.sleep(0.2)
+        first = watcher.first_after(restarted)
+        recovery = (first - restarted) if first is not None else float("inf")
+        settle = time.monotonic() + 10
+        while (not readiness or not readiness[-1]) and time.monotonic() < settle:
+            note_ready()
+            time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        watcher.close()
+    unique = watcher.unique()
+    row = Row(
+        scenario=f"broker outage ({outage_s:.0f} s)",
+        runs=1,
+        inputs=inputs,
+        outputs=watcher.count(),
+        lost=inputs - unique,
+        duplicates=watcher.count() - unique,
+        guarded_hits=0,
+        max_recovery_s=round(recovery, 2),
+    )
+    return row, readiness

@@ -353,6 +353,7 @@ class TestFailuresAreData:
 class TestShutdownAndReplay:
     def test_sigterm_drains_commits_and_exits_zero(
         self,
+        tmp_path: Path,
         kafka_bootstrap: str,
         topics: dict[str, str],
         model_dir: Path,
@@ -385,11 +386,12 @@ class TestShutdownAndReplay:
             "TF_CPP_MIN_LOG_LEVEL": "3",
         }
         env.pop("REDIS_URL", None)
+        log = tmp_path / "serve.log"
         process = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve"],
             env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
         )
         try:
             deadline = time.monotonic() + 90
@@ -397,11 +399,11 @@ class TestShutdownAndReplay:
                 time.sleep(0.1)
             assert server.hits["/scripted/slow.jpg"] >= 40, "the service never started fetching"
             process.send_signal(signal.SIGTERM)
-            _, err = process.communicate(timeout=60)
+            process.wait(timeout=60)
         finally:
             if process.poll() is None:
                 process.kill()
-        assert 0 == process.returncode, err.decode()[-2000:]
+        assert 0 == process.returncode, log.read_text(errors="replace")[-2000:]
         committed = _committed(kafka_bootstrap, group, topics["input"], 4)
         done = sum(o for o in committed.values() if o > 0)
         messages = _read(kafka_bootstrap, topics["output"], expected=done, timeout_s=30)

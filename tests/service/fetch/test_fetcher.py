@@ -277,6 +277,22 @@ class TestBadUrls:
             result.attempts,
         )
 
+    def test_unknown_host_is_a_dns_failure(self) -> None:
+        """A name that does not resolve ends as kind `dns`, retried, and not permanent."""
+        result = _fetch("http://no-such-host.invalid/a.jpg", retries=1)
+        assert ("unavailable", "dns", False, 2) == (
+            result.outcome,
+            result.kind,
+            result.permanent,
+            result.attempts,
+        )
+
+    def test_kind_names_the_stats_label(self) -> None:
+        """`kind` is the label the stats count under `reason:<kind>`."""
+        results, stats = _fetch_all(["ftp://example.com/a.jpg", "garbage"])
+        assert ["unsupported_scheme", "malformed_url"] == [r.kind for r in results]
+        assert 1 == stats["reason:unsupported_scheme"] == stats["reason:malformed_url"]
+
     def test_not_open(self) -> None:
         """Fetching outside `async with` is a programming error and says so."""
         with pytest.raises(RuntimeError, match="not open"):
