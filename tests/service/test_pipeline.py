@@ -444,6 +444,37 @@ class TestShutdownAndReplay:
         assert {Classifier.load(model_dir).info.version} == versions
         assert 40 == len({m.key() for m in messages})
 
+    def test_replay_since_starts_at_that_time(
+        self,
+        kafka_bootstrap: str,
+        topics: dict[str, str],
+        model_dir: Path,
+        server: ImageServer,
+        photos: list[str],
+        topic_factory: Any,
+    ) -> None:
+        """replay --since skips what was written before that moment."""
+        _produce(
+            kafka_bootstrap,
+            topics["input"],
+            [_encode(_product(f"old{i}", server.url_for(photos[i]))) for i in range(20)],
+        )
+        time.sleep(1.5)
+        since = dt.datetime.now(tz=dt.UTC)
+        time.sleep(0.5)
+        _produce(
+            kafka_bootstrap,
+            topics["input"],
+            [_encode(_product(f"new{i}", server.url_for(photos[i]))) for i in range(15)],
+        )
+        again = topic_factory("since", partitions=1)
+        settings = _settings(kafka_bootstrap, topics, model_dir)
+        with Service(settings, group_id=f"since-{uuid.uuid4().hex[:6]}", http=False) as service:
+            summary = service.replay(since=since, output_topic=again)
+        assert 15 == summary.produced
+        messages = _read(kafka_bootstrap, again, expected=15, timeout_s=30)
+        assert {f"new{i}".encode() for i in range(15)} == {m.key() for m in messages}
+
 
 class TestExactlyOnce:
     def test_each_input_is_read_once_by_a_read_committed_consumer(
