@@ -36,7 +36,9 @@ from service.kafka.admin import KafkaAdmin  # noqa: E402
 from tests.reliability.scenarios import (  # noqa: E402
     CountingListener,
     OutputWatcher,
+    PrivateBroker,
     Row,
+    broker_outage_scenario,
     crash_scenario,
     serve_process,
     service_env,
@@ -55,9 +57,19 @@ def _model(shared: Path, work: Path) -> Path:
         ids = [int(row["google_category_id"]) for row in csv.DictReader(stream)]
     vocabulary = Vocabulary.from_labels(truncated, ids)
     model = build_model("tiny", vocabulary.sizes, image_size=32)
-    save_model(model, work / "model", name="chaos", backbone="tiny", image_size=32,
-               heads="multi", truncated=truncated, vocabulary=vocabulary, level_weights=None,
-               training={}, metrics={})  # fmt: skip
+    save_model(
+        model,
+        work / "model",
+        name="chaos",
+        backbone="tiny",
+        image_size=32,
+        heads="multi",
+        truncated=truncated,
+        vocabulary=vocabulary,
+        level_weights=None,
+        training={},
+        metrics={},
+    )
     return work / "model"
 
 
@@ -74,11 +86,18 @@ def _topics(admin: KafkaAdmin, name: str) -> dict[str, str]:
 
 
 def _product(product_id: str, url: str) -> bytes:
-    return PRODUCT.encode({
-        "product_id": product_id, "partner_id": "chaos", "title": None, "description": None,
-        "image_url": url, "additional_image_urls": [], "partner_category": None,
-        "updated_at": dt.datetime.now(tz=dt.UTC),
-    })  # fmt: skip
+    return PRODUCT.encode(
+        {
+            "product_id": product_id,
+            "partner_id": "chaos",
+            "title": None,
+            "description": None,
+            "image_url": url,
+            "additional_image_urls": [],
+            "partner_category": None,
+            "updated_at": dt.datetime.now(tz=dt.UTC),
+        }
+    )
 
 
 def _fill(bootstrap: str, topic: str, server: ImageServer, photos: list[str], count: int) -> None:
@@ -101,8 +120,9 @@ def _ssrf(bootstrap: str, admin: KafkaAdmin, model_dir: Path) -> Row:
     for name, url in urls.items():
         producer.produce(topics["input"], key=name.encode(), value=_product(name, url))
     producer.flush(30)
-    env = service_env(bootstrap, topics, model_dir, f"chaos-{uuid.uuid4().hex[:6]}",
-                      ENRICH_ALLOWED_NETWORKS="")  # fmt: skip
+    env = service_env(
+        bootstrap, topics, model_dir, f"chaos-{uuid.uuid4().hex[:6]}", ENRICH_ALLOWED_NETWORKS=""
+    )
     watcher = OutputWatcher(bootstrap, [topics["output"], topics["dlq"]])
     process = serve_process(env)
     deadline = time.monotonic() + 120
@@ -112,9 +132,39 @@ def _ssrf(bootstrap: str, admin: KafkaAdmin, model_dir: Path) -> Row:
     process.wait(60)
     watcher.close()
     listener.close()
-    return Row("SSRF (12 guarded targets)", 1, len(urls), watcher.count(),
-               len(urls) - watcher.unique(), watcher.count() - watcher.unique(), listener.hits,
-               0.0)  # fmt: skip
+    return Row(
+        "SSRF (12 guarded targets)",
+        1,
+        len(urls),
+        watcher.count(),
+        len(urls) - watcher.unique(),
+        watcher.count() - watcher.unique(),
+        listener.hits,
+        0.0,
+    )
+
+
+def _outage(
+    work: Path, server: ImageServer, photos: list[str], model_dir: Path, outage_s: float
+) -> tuple[Row, list[bool]]:
+    """Stop a private broker (same data) for ``outage_s`` mid-stream, then start it again."""
+    broker = PrivateBroker(work / "outage-broker")
+    broker.start()
+    try:
+        admin = KafkaAdmin({"bootstrap.servers": broker.bootstrap})
+        topics = _topics(admin, "outage")
+        _fill(broker.bootstrap, topics["input"], server, photos, 1000)
+        inputs = 1000
+        return broker_outage_scenario(
+            broker=broker,
+            topics=topics,
+            model_dir=model_dir,
+            inputs=inputs,
+            outage_s=outage_s,
+            timeout_s=300,
+        )
+    finally:
+        broker.stop(keep=False)
 
 
 def main() -> None:
@@ -123,6 +173,7 @@ def main() -> None:
     parser.add_argument("--inputs", type=int, default=20_000)
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--max-in-flight", type=int, default=200)
+    parser.add_argument("--outage-s", type=float, default=20.0)
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--docs", type=Path, default=REPO / "docs")
     args = parser.parse_args()
@@ -142,14 +193,22 @@ def main() -> None:
             topics = _topics(admin, "crash")
             _fill(bootstrap, topics["input"], server, photos, args.inputs)
             row = crash_scenario(
-                bootstrap=bootstrap, topics=topics, model_dir=model_dir, inputs=args.inputs,
-                kills=args.kills, max_in_flight=args.max_in_flight, delivery=delivery,
+                bootstrap=bootstrap,
+                topics=topics,
+                model_dir=model_dir,
+                inputs=args.inputs,
+                kills=args.kills,
+                max_in_flight=args.max_in_flight,
+                delivery=delivery,
                 timeout_s=3600,
-            )  # fmt: skip
+            )
             print(json.dumps(row.as_dict()), flush=True)
             rows.append(row)
         row = _ssrf(bootstrap, admin, model_dir)
         print(json.dumps(row.as_dict()), flush=True)
+        rows.append(row)
+        row, readiness = _outage(Path(work), server, photos, model_dir, args.outage_s)
+        print(json.dumps({**row.as_dict(), "readyz": readiness}), flush=True)
         rows.append(row)
     server.stop()
     command = (

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
+import numpy as np
 import structlog
 from aiohttp import web
 from confluent_kafka import TopicPartition
@@ -141,6 +142,7 @@ class Service:
 
     def __enter__(self) -> Service:
         """Start the event loop, the fetcher's session, the inference thread, the endpoints."""
+        self.warm_up()
         self.loop.start()
         self.loop.call(self.fetcher.__aenter__())
         self.batcher.start()
@@ -153,6 +155,20 @@ class Service:
             )  # fmt: skip
             log.info("http_listening", port=self.http_port)
         return self
+
+    def warm_up(self) -> None:
+        """Classify a blank full batch and a blank single image before the first product.
+
+        Keras traces the model for the first batch shapes it sees (about 1.5 s on two CPU
+        cores, measured in docs/performance.md) and then generalises; done here, that stall
+        falls before readiness instead of on the first products after every start.
+        """
+        size = self.classifier.input_size
+        blank = np.zeros((size, size, 3), dtype=np.uint8)
+        began = time.perf_counter()
+        for count in (self.settings.batch_max_size, 1):
+            self.classifier.classify([blank] * count)
+        log.info("model_warmed_up", seconds=round(time.perf_counter() - began, 2))
 
     def __exit__(
         self,

@@ -96,6 +96,9 @@ class ServiceOptions:
     revoke_deadline_s: float = 10.0
     transaction_interval_s: float = 0.1
     lag_interval_s: float = 5.0
+    commit_interval_s: float = 0.2
+    """How often stored offsets are committed (asynchronously) while the watermark moves: a
+    crash redoes at most the in-flight messages plus this long's worth of work."""
 
 
 @dataclass
@@ -150,6 +153,8 @@ class EnrichmentService:
         self._in_transaction = False
         self._last_transaction = 0.0
         self._last_lag = 0.0
+        self._last_commit = 0.0
+        self._uncommitted = False
         self._positions: dict[tuple[str, int], int] = {}
         self._headers = [("content-type", enrichment_codec.content_type.encode())]
 
@@ -295,6 +300,12 @@ class EnrichmentService:
                 self.consumer.store_offsets(
                     [TopicPartition(t, p, offset) for (t, p), offset in moved.items()]
                 )
+                self._uncommitted = True
+            now = time.monotonic()
+            if self._uncommitted and now - self._last_commit >= self.options.commit_interval_s:
+                self.consumer.commit_async()
+                self._uncommitted = False
+                self._last_commit = now
         self.metrics.in_flight.set(len(self.queues))
 
     def _pump_transactional(self) -> None:

@@ -85,6 +85,15 @@ class KafkaConsumer:
                 return
             raise KafkaError(f"commit failed: {exc}") from exc
 
+    def commit_async(self) -> None:
+        """Ask for a commit of every stored offset without waiting for the answer."""
+        try:
+            self.client.commit(asynchronous=True)
+        except confluent_kafka.KafkaException as exc:
+            if exc.args and exc.args[0].code() == confluent_kafka.KafkaError._NO_OFFSET:
+                return
+            raise KafkaError(f"commit failed: {exc}") from exc
+
     def pause(self, partitions: Sequence[TopicPartition]) -> None:
         """Stop fetching these partitions while still polling (so the group keeps us)."""
         self.client.pause(list(partitions))

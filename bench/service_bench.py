@@ -1,0 +1,885 @@
+"""The service against its limits and a naive baseline, all figures measured in one run.
+
+    .venv/bin/python -m bench.service_bench [--quick] [--model DIR] [--docs/--no-docs]
+
+Figures (issue 6): (1) the inference limit, `Classifier.predict_raw` on decoded batches of
+the service's batch size; (2) the decode limit, `decode_image` on the shared photos, one core
+and every core; (3) end to end through real Kafka with every image in Redis, and its ratio to
+(1); (4) end to end with a 100 ms image server, and its ratio to min((1), (2)); (5) a naive
+sequential consumer on the same inputs; (6) latency from event time to output under an
+open-loop producer at 50 % and 90 % of (3); (7) peak resident memory over a backlog; (8)
+`enrich replay` over a warm cache; (9) two instances in one group against one; (10) GPU.
+
+The service runs as `python -m service.cli serve` subprocesses with their settings in the
+environment, against the Kafka broker at KAFKA_BOOTSTRAP_SERVERS and Redis at REDIS_URL.
+Throughputs run from the moment the service is ready (model loaded and warmed, partitions
+assigned, the backlog waiting) to the last output record's Kafka timestamp, so model loading
+is not counted. py-spy (when installed) profiles the second half of (3) and
+(4); (3) is taken over the first, unprofiled half, (4) over the whole run.
+
+Writes bench/results/<date>-<host>[-quick].md and .json, and, for a full run (or with
+--docs), docs/performance.md and docs/performance.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime as dt
+import json
+import multiprocessing
+import os
+import platform
+import re
+import shlex
+import statistics
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import confluent_kafka
+
+from bench.harness import (
+    PRODUCT,
+    REPO_ROOT,
+    CounterSampler,
+    ImageHosts,
+    Kafka,
+    Output,
+    Photo,
+    Process,
+    Profiler,
+    RssSampler,
+    bootstrap_servers,
+    cpu_description,
+    delete_content_keys,
+    dumps,
+    free_port,
+    load_photos,
+    memory_gib,
+    percentiles,
+    product_record,
+    rate,
+    rate_since,
+    redis_url,
+    shared_data,
+    summarize_profile,
+)
+
+LATENCY_MS = 100  # the "real-world" image server delay of figure (4)
+IMAGE_HOSTS = 16  # loopback addresses standing for a catalog's many image hosts
+MISSING_URLS = 200  # distinct 404 URLs of the memory backlog (cached negatively)
+PERCENTILES = (50, 95, 99)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each figure gets."""
+
+    decode_images: int
+    inference_batches: int
+    cold_products: int
+    warm_products: int
+    latency_s: float
+    rss_products: int
+    two_products: int
+    single_host_products: int
+    naive_warm: int
+    naive_cold: int
+
+
+QUICK = Sizes(
+    decode_images=200, inference_batches=15, cold_products=1500, warm_products=3000,
+    latency_s=8, rss_products=20_000, two_products=2400, single_host_products=240,
+    naive_warm=80, naive_cold=25,
+)  # fmt: skip
+FULL = Sizes(
+    decode_images=1000, inference_batches=60, cold_products=4000, warm_products=12_000,
+    latency_s=30, rss_products=150_000, two_products=8000, single_host_products=1200,
+    naive_warm=300, naive_cold=100,
+)  # fmt: skip
+
+
+def say(message: str) -> None:
+    """Progress on stderr, with the time."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- the model ----------------------------------------------------------------------------
+
+
+def default_model(shared: Path, directory: Path) -> Path:
+    """An untrained model of the default CPU backbone over the shared labels (same speed as a
+    trained one), built once into ``directory``."""
+    if (directory / "checksums.sha256").exists():
+        return directory
+    import csv
+
+    from model.build import build_model
+    from model.classifier import save_model
+    from model.taxonomy import Taxonomy
+    from model.train import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE
+    from model.vocabulary import Vocabulary
+
+    say(f"building an untrained {DEFAULT_BACKBONE} model into {directory}")
+    taxonomy = shared / "google-product-taxonomy" / "taxonomy-with-ids.en-US.txt"
+    truncated = Taxonomy.load(taxonomy).truncate(4)
+    with (shared / "product-images" / "labels.csv").open() as stream:
+        ids = [int(row["google_category_id"]) for row in csv.DictReader(stream)]
+    vocabulary = Vocabulary.from_labels(truncated, ids)
+    model = build_model(DEFAULT_BACKBONE, vocabulary.sizes, image_size=DEFAULT_IMAGE_SIZE)
+    save_model(
+        model, directory, name="bench-untrained", backbone=DEFAULT_BACKBONE,
+        image_size=DEFAULT_IMAGE_SIZE, heads="multi", truncated=truncated,
+        vocabulary=vocabulary, level_weights=None, training={}, metrics={},
+    )  # fmt: skip
+    return directory
+
+
+# -- (1) and (2): the limits --------------------------------------------------------------
+
+
+def inference_limit(model_dir: Path, photos: Sequence[Photo], batch: int, batches: int) -> dict:
+    """Images/s of ``predict_raw`` (and of ``classify``, which adds decoding the heads)."""
+    import numpy as np
+
+    from model.classifier import Classifier
+    from model.preprocess import decode_image
+
+    classifier = Classifier.load(model_dir)
+    size = classifier.input_size
+    images = np.stack([decode_image(p.data, size) for p in photos[:batch]])
+    for _ in range(3):
+        classifier.predict_raw(images)
+    times = []
+    for _ in range(batches):
+        began = time.perf_counter()
+        classifier.predict_raw(images)
+        times.append(time.perf_counter() - began)
+    classify_times = []
+    for _ in range(max(3, batches // 3)):
+        began = time.perf_counter()
+        classifier.classify(list(images))
+        classify_times.append(time.perf_counter() - began)
+    return {
+        "images_per_s": round(batch * len(times) / sum(times), 1),
+        "median_batch_ms": round(1000 * statistics.median(times), 1),
+        "classify_images_per_s": round(batch * len(classify_times) / sum(classify_times), 1),
+        "batch": batch,
+        "batches": batches,
+        "image_size": size,
+        "backbone": classifier.info.backbone,
+    }
+
+
+def _decode_one(item: tuple[bytes, int]) -> int:
+    from model.preprocess import decode_image
+
+    return int(decode_image(item[0], item[1]).shape[0])
+
+
+def decode_limit(photos: Sequence[Photo], size: int) -> dict:
+    """Images/s of ``decode_image`` on one core, and on every core with a process pool."""
+    items = [(p.data, size) for p in photos]
+    for item in items[:5]:
+        _decode_one(item)
+    began = time.perf_counter()
+    for item in items:
+        _decode_one(item)
+    one = len(items) / (time.perf_counter() - began)
+    cores = os.cpu_count() or 1
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(cores, mp_context=context) as pool:
+        list(pool.map(_decode_one, items[: cores * 4]))  # start the workers
+        began = time.perf_counter()
+        list(pool.map(_decode_one, items, chunksize=8))
+        every = len(items) / (time.perf_counter() - began)
+    sizes = [len(p.data) for p in photos]
+    return {
+        "one_core_images_per_s": round(one, 1),
+        "all_cores_images_per_s": round(every, 1),
+        "cores": cores,
+        "images": len(items),
+        "median_file_kib": round(statistics.median(sizes) / 1024, 1),
+    }
+
+
+# -- the runs through Kafka -----------------------------------------------------------------
+
+
+class Bench:
+    """One benchmark run: topics, image servers, the service processes, the figures."""
+
+    def __init__(self, args: argparse.Namespace, sizes: Sizes) -> None:
+        self.args = args
+        self.sizes = sizes
+        self.run_id = uuid.uuid4().hex[:8]
+        self.kafka = Kafka(bootstrap_servers(), self.run_id)
+        self.work = REPO_ROOT / ".run" / "bench" / self.run_id
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.model_dir: Path = args.model
+        self.image_size = 0
+        self.dlq = ""
+        self.figures: dict[str, Any] = {}
+        self.details: dict[str, Any] = {}
+        self.profiles: dict[str, Any] = {}
+        self.notes: list[str] = []
+        self.profiler_exe = Profiler.available() if args.profile else None
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def env(self, **settings: str) -> dict[str, str]:
+        """The service's environment: this run's services, model and settings."""
+        env = dict(os.environ)
+        env.update(
+            KAFKA_BOOTSTRAP_SERVERS=bootstrap_servers(),
+            REDIS_URL=redis_url(),
+            ENRICH_MODEL_DIR=str(self.model_dir),
+            ENRICH_DEAD_LETTER_TOPIC=self.dlq,
+            ENRICH_ALLOWED_NETWORKS="127.0.0.0/8",
+            ENRICH_METRICS_HOST="127.0.0.1",
+            ENRICH_LOG_LEVEL="WARNING",
+            ENRICH_LOG_FORMAT="json",
+            # The benchmark's cache entries go away by themselves.
+            ENRICH_CACHE_TTL_S="7200",
+            ENRICH_CACHE_NEGATIVE_TTL_S="7200",
+            TF_CPP_MIN_LOG_LEVEL="2",
+            PYTHONUNBUFFERED="1",
+        )
+        env.update({f"ENRICH_{k.upper()}": v for k, v in settings.items()})
+        return env
+
+    def serve(self, name: str, source: str, target: str, group: str | None = None) -> Process:
+        """Start ``enrich serve`` on ``source`` → ``target``; returns once it is ready."""
+        port = free_port()
+        env = self.env(input_topic=source, output_topic=target, metrics_port=str(port),
+                       group_id=group or f"bench-{name}-{self.run_id}")  # fmt: skip
+        process = Process(["service.cli", "serve"], env, self.work / f"{name}.log").start()
+        process.wait_ready(port)
+        return process
+
+    def produce(self, topic: str, urls: Sequence[str], prefix: str) -> None:
+        """One product per URL, produced as a backlog."""
+        now = dt.datetime.now(tz=dt.UTC)
+        self.kafka.produce(
+            topic,
+            (
+                (f"{prefix}-{i}".encode(), PRODUCT.encode(product_record(f"{prefix}-{i}", u, now)))
+                for i, u in enumerate(urls)
+            ),
+        )
+
+    def timeout(self, count: int, per_s: float = 20.0) -> float:
+        """A generous limit for ``count`` products."""
+        return 120 + count / per_s
+
+    def measured_run(
+        self, name: str, urls: Sequence[str], *, profile: bool, rate_floor: float
+    ) -> tuple[list[Output], int, int]:
+        """Products for ``urls`` as a backlog, one service through them; at half way the
+        profiler (when asked for) attaches. Returns the outputs, when the service was ready
+        and when the profiler started (ms)."""
+        source, target = self.kafka.topic(f"{name}-in"), self.kafka.topic(f"{name}-out")
+        self.produce(source, urls, name)
+        service = self.serve(name, source, target)
+        try:
+            profiler = self.through(name, service, target, len(urls), profile, rate_floor)
+        finally:
+            self.details[f"{name}_exit"] = service.stop()
+        outputs = self.kafka.read(target, values=True)
+        return outputs, service.ready_ms, profiler.started_ms if profiler is not None else 0
+
+    def through(
+        self, name: str, service: Process, target: str, count: int, profile: bool,
+        rate_floor: float,
+    ) -> Profiler | None:  # fmt: skip
+        """Wait for ``count`` outputs; profile from half of them classified to the end; read
+        the service's counters at the start, half way and at the end."""
+        timeout = self.timeout(count, rate_floor)
+        sampler = CounterSampler(service).start()
+        start = service.metrics()
+        service.wait_classified(count // 2, timeout)
+        half = service.metrics()
+        profiler: Profiler | None = None
+        if profile and self.profiler_exe:
+            profiler = Profiler(service.pid, self.work / f"{name}.pyspy.txt").start()
+        try:
+            self.kafka.wait_for(target, count, timeout_s=timeout, alive=service.alive)
+            end = service.metrics()
+        finally:
+            if profiler is not None:
+                problem = profiler.stop()
+                if problem:
+                    self.notes.append(f"py-spy failed on {name}: {problem.strip()}")
+        if profiler is not None and profiler.output.exists():
+            self.profiles[name] = summarize_profile(profiler.output)
+        self.details[f"{name}_inference"] = {
+            "first_half": half.since(start),
+            "second_half": end.since(half),
+        }
+        self.details[f"{name}_stalls"] = sampler.stop()
+        return profiler
+
+    def split_rate(
+        self, name: str, outputs: list[Output], ready_ms: int, profiled_from_ms: int
+    ) -> float:
+        """Products/s from readiness (the backlog waiting) to the last output before the
+        profiler attached (to the last output without one)."""
+        statuses = Counter(o.status for o in outputs)
+        self.details[f"{name}_statuses"] = dict(statuses)
+        if profiled_from_ms:
+            before = [o for o in outputs if o.timestamp_ms < profiled_from_ms]
+            after = [o for o in outputs if o.timestamp_ms >= profiled_from_ms + 500]
+            self.details[f"{name}_profiled_pps"] = round(rate(after), 1)
+            self.details[f"{name}_unprofiled_outputs"] = len(before)
+            return rate_since(before, ready_ms)
+        return rate_since(outputs, ready_ms)
+
+    # -- the figures -------------------------------------------------------------------------
+
+    def cold(self, slow: ImageHosts, count: int) -> None:
+        """(4): every image fetched (100 ms) and decoded; fills the cache for (3)."""
+        photos = slow.photos[:count]
+        delete_content_keys(redis_url(), photos, self.image_size)
+        urls = [slow.url(i, tag=self.run_id) for i in range(count)]
+        say(f"(4) cold: {count} products, {LATENCY_MS} ms per image, {IMAGE_HOSTS} hosts")
+        outputs, ready, profiled = self.measured_run("cold", urls, profile=True, rate_floor=10)
+        # Outputs leave in partition order, in bursts, so no clean unprofiled half exists:
+        # the whole run counts, py-spy attached for its second half (a conservative figure).
+        value = self.split_rate("cold", outputs, ready, 0)
+        self.details["cold_profiled_from_ms_after_ready"] = profiled - ready if profiled else None
+        self.figures["e2e_cold_pps"] = round(value, 1)
+        say(f"    e2e_cold_pps = {value:.1f} {self.details['cold_statuses']}")
+
+    def warm_and_latency(self, slow: ImageHosts, cold_count: int, count: int) -> None:
+        """(3) over the cache filled by (4), then (6) on the same running service."""
+        urls = [slow.url(i % cold_count, tag=self.run_id) for i in range(count)]
+        name = "warm"
+        source, target = self.kafka.topic(f"{name}-in"), self.kafka.topic(f"{name}-out")
+        self.warm_topic = source
+        self.produce(source, urls, name)
+        say(f"(3) warm: {count} products, every image in Redis")
+        service = self.serve(name, source, target)
+        try:
+            profiler = self.through(name, service, target, count, True, 20)
+            outputs = self.kafka.read(target, values=True)
+            profiled = profiler.started_ms if profiler else 0
+            warm = self.split_rate(name, outputs, service.ready_ms, profiled)
+            self.figures["e2e_warm_pps"] = round(warm, 1)
+            say(f"    e2e_warm_pps = {warm:.1f} {self.details['warm_statuses']}")
+            self.latency(service, source, target, urls, warm, count)
+        finally:
+            self.details["warm_exit"] = service.stop()
+
+    def latency(
+        self, service: Process, source: str, target: str, urls: Sequence[str], warm: float,
+        already: int,
+    ) -> None:  # fmt: skip
+        """(6): open-loop products at 50 % and 90 % of (3); event time → output timestamp."""
+        results: dict[str, Any] = {}
+        expected = already
+        for share in (50, 90):
+            per_s = warm * share / 100
+            say(f"(6) latency at {share} % of (3): {per_s:.0f} products/s "
+                f"for {self.sizes.latency_s:g} s")  # fmt: skip
+            events = open_loop(self.kafka.bootstrap, source, urls, per_s,
+                               self.sizes.latency_s, f"lat{share}")  # fmt: skip
+            expected += len(events)
+            self.kafka.wait_for(target, expected, timeout_s=self.timeout(len(events)),
+                                alive=service.alive)  # fmt: skip
+            outputs = [o for o in self.kafka.read(target) if o.key.startswith(f"lat{share}-")]
+            latencies = [o.timestamp_ms - events[o.key] for o in outputs if o.key in events]
+            results[f"{share}%"] = {
+                **percentiles(latencies, PERCENTILES),
+                "offered_pps": round(per_s, 1),
+                "products": len(latencies),
+            }
+            say(f"    latency {share} %: {results[f'{share}%']}")
+        self.figures["latency_ms"] = results
+
+    def memory(self, fast: ImageHosts, count: int) -> None:
+        """(7): a backlog of products whose images fail fast (404, cached negatively)."""
+        name = "rss"
+        source, target = self.kafka.topic(f"{name}-in"), self.kafka.topic(f"{name}-out")
+        say(f"(7) memory: producing a backlog of {count:,} products")
+        self.produce(source, [fast.missing_url(i % MISSING_URLS) for i in range(count)], name)
+        service = self.serve(name, source, target)
+        done = [0]
+        sampler = RssSampler(service.pid, lambda: done[0]).start()
+        began = time.monotonic()
+
+        def tick(seen: int) -> None:
+            done[0] = seen
+
+        try:
+            self.kafka.wait_for(target, count, timeout_s=self.timeout(count, 200),
+                                alive=service.alive, on_tick=tick, interval_s=0.5)  # fmt: skip
+        finally:
+            seconds = time.monotonic() - began
+            sampler.stop()
+            self.details["rss_exit"] = service.stop()
+        samples = sampler.samples
+        by_progress = []
+        for share in (0, 10, 25, 50, 75, 90, 100):
+            mark = count * share / 100
+            candidates = [s for s in samples if s[1] >= mark] or samples[-1:]
+            by_progress.append({"done_pct": share, "rss_mb": round(candidates[0][2], 1)})
+        self.figures["peak_rss_mb"] = round(sampler.peak_mb, 1)
+        self.details["rss"] = {
+            "products": count,
+            "seconds": round(seconds, 1),
+            "products_per_s": round(count / seconds, 1),
+            "by_progress": by_progress,
+            "max_sampled_mb": round(max(s[2] for s in samples), 1) if samples else None,
+        }
+        say(f"    peak_rss_mb = {sampler.peak_mb:.1f}; {self.details['rss']}")
+
+    def replay(self) -> None:
+        """(8): `enrich replay` of the warm input topic (every image cached)."""
+        target = self.kafka.topic("replay-out")
+        total = self.kafka.total(self.warm_topic)
+        say(f"(8) replay: {total} products of the warm topic")
+        env = self.env()
+        process = Process(
+            ["service.cli", "replay", "--input-topic", self.warm_topic, "--output-topic", target,
+             "--group-id", f"bench-replay-{self.run_id}", "--no-progress"],
+            env, self.work / "replay.log",
+        ).start()  # fmt: skip
+        began = time.monotonic()
+        code = process.wait(self.timeout(total))
+        wall = time.monotonic() - began
+        outputs = self.kafka.read(target)
+        self.figures["replay_pps"] = round(rate(outputs), 1)
+        self.details["replay"] = {"products": total, "outputs": len(outputs), "exit": code,
+                                  "wall_s_with_start": round(wall, 1)}  # fmt: skip
+        say(f"    replay_pps = {self.figures['replay_pps']}; {self.details['replay']}")
+
+    def two_instances(self, slow: ImageHosts, cold_count: int, count: int) -> None:
+        """(9): two `serve` processes in one group on warm products, against (3)."""
+        source, target = self.kafka.topic("two-in"), self.kafka.topic("two-out")
+        group = f"bench-two-{self.run_id}"
+        say(f"(9) two instances: {count} warm products")
+        first = self.serve("two-a", source, target, group)
+        second = self.serve("two-b", source, target, group)
+        try:
+            self.kafka.wait_stable(group, 2)
+            urls = [slow.url(i % cold_count, tag=self.run_id) for i in range(count)]
+            began_ms = int(time.time() * 1000)
+            self.produce(source, urls, "two")
+            self.kafka.wait_for(
+                target, count, timeout_s=self.timeout(count),
+                alive=lambda: first.alive() and second.alive(),
+            )  # fmt: skip
+        finally:
+            self.details["two_exit"] = [first.stop(), second.stop()]
+        outputs = self.kafka.read(target)
+        two = rate_since(outputs, began_ms)
+        one = self.figures.get("e2e_warm_pps") or 0.0
+        self.details["two_instances_pps"] = round(two, 1)
+        self.figures["two_instances_ratio"] = round(two / one, 2) if one else None
+        say(f"    two instances {two:.1f}/s against one {one}/s")
+
+    def single_host_cold(self, slow: ImageHosts, count: int) -> None:
+        """(4) again with every image on one host: the per-host cap is the bound."""
+        photos = slow.photos[:count]
+        delete_content_keys(redis_url(), photos, self.image_size)
+        urls = [slow.url(i, tag=self.run_id + "s", host=0) for i in range(count)]
+        say(f"(4b) cold, one image host: {count} products")
+        outputs, ready, _ = self.measured_run("cold1", urls, profile=False, rate_floor=5)
+        value = self.split_rate("cold1", outputs, ready, 0)
+        self.details["e2e_cold_one_host_pps"] = round(value, 1)
+        say(f"    one host: {value:.1f} products/s {self.details['cold1_statuses']}")
+
+    def naive(self, fast: ImageHosts, slow: ImageHosts) -> None:
+        """(5): the sequential consumer, warm (0 ms server; it has no cache) and cold."""
+        sizes = self.sizes
+        phases = []
+        for label, server, count in (("naive-warm", fast, sizes.naive_warm),
+                                     ("naive-cold", slow, sizes.naive_cold)):  # fmt: skip
+            source, target = self.kafka.topic(f"{label}-in"), self.kafka.topic(f"{label}-out")
+            self.produce(source, [server.url(i, tag=label) for i in range(count)], label)
+            phases.append((label, source, target, count))
+        say(f"(5) naive: {sizes.naive_warm} products at 0 ms, {sizes.naive_cold} at 100 ms")
+        args = ["bench.naive_consumer", "--model", str(self.model_dir),
+                "--bootstrap", self.kafka.bootstrap]  # fmt: skip
+        for _, source, target, count in phases:
+            args += ["--phase", f"{source}:{target}:{count}"]
+        process = Process(args, self.env(), self.work / "naive.log").start()
+        code = process.wait(self.timeout(sizes.naive_warm + sizes.naive_cold, 2))
+        self.details["naive_exit"] = code
+        for label, _, target, _ in phases:
+            outputs = self.kafka.read(target, values=True)
+            key = label.replace("-", "_") + "_pps"
+            self.figures[key] = round(rate(outputs), 2)
+            self.details[f"{label}_statuses"] = dict(Counter(o.status for o in outputs))
+            say(f"    {key} = {self.figures[key]}")
+
+
+def open_loop(
+    bootstrap: str, topic: str, urls: Sequence[str], per_s: float, seconds: float, prefix: str
+) -> dict[str, int]:
+    """Produce at a fixed rate regardless of the service (open loop); event times by key."""
+    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+    total = max(1, int(per_s * seconds))
+    events: dict[str, int] = {}
+    began = time.perf_counter()
+    for i in range(total):
+        delay = began + i / per_s - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        now = dt.datetime.now(tz=dt.UTC)
+        key = f"{prefix}-{i}"
+        record = product_record(key, urls[i % len(urls)], now)
+        producer.produce(topic, key=key.encode(), value=PRODUCT.encode(record))
+        producer.poll(0)
+        events[key] = int(now.timestamp() * 1000)
+    producer.flush(30)
+    return events
+
+
+# -- reports ----------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    import keras
+    import tensorflow as tf
+
+    return {
+        "host": platform.node(),
+        "cpu": cpu_description(),
+        "cores": os.cpu_count(),
+        "memory_gib": memory_gib(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "keras_backend": keras.backend.backend(),
+        "gpu": None,
+    }
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def table(figures: dict[str, Any], details: dict[str, Any]) -> list[str]:
+    """The figures as a Markdown table."""
+    f, d = figures, details
+    inf, dec = d["inference"], d["decode"]
+    lat = f.get("latency_ms") or {}
+    rows = [
+        ("1", "inference limit (`predict_raw`, batch "
+              f"{inf['batch']}, {inf['backbone']} {inf['image_size']} px)",
+         f"{_fmt(f['inference_limit_ips'])} images/s",
+         f"`classify` (adds decoding the heads): {_fmt(inf['classify_images_per_s'])} images/s"),
+        ("2", "decode limit (`decode_image`, shared photos)",
+         f"{_fmt(dec['one_core_images_per_s'])} images/s on 1 core, "
+         f"{_fmt(f['decode_limit_ips'])} on {dec['cores']}",
+         f"median file {dec['median_file_kib']} KiB"),
+        ("3", "end to end, warm (every image in Redis)",
+         f"{_fmt(f.get('e2e_warm_pps'))} products/s",
+         f"ratio to (1): **{_fmt(f.get('ratio_warm'), 2)}** (target 0.9)"),
+        ("4", f"end to end, cold ({LATENCY_MS} ms per image, {IMAGE_HOSTS} image hosts)",
+         f"{_fmt(f.get('e2e_cold_pps'))} products/s",
+         f"ratio to min((1), (2)) = {_fmt(d.get('cold_bound_ips'))}: "
+         f"**{_fmt(f.get('ratio_cold'), 2)}** (target 0.8); to the shared-core bound "
+         f"{_fmt(d.get('cold_shared_bound_ips'))}: {_fmt(d.get('ratio_cold_shared'), 2)}"),
+        ("4b", "end to end, cold, all images on one host",
+         f"{_fmt(d.get('e2e_cold_one_host_pps'))} products/s",
+         f"per-host cap {d.get('per_host')} / {LATENCY_MS} ms = "
+         f"{_fmt(d.get('one_host_bound_pps'))} products/s"),
+        ("5", "naive sequential consumer, warm (0 ms server, no cache) / cold",
+         f"{_fmt(f.get('naive_warm_pps'), 2)} / {_fmt(f.get('naive_cold_pps'), 2)} products/s",
+         f"speed-up of (3): **{_fmt(d.get('speedup_warm'))}x**, of (4): "
+         f"**{_fmt(d.get('speedup_cold'))}x**"),
+    ]  # fmt: skip
+    for share in ("50%", "90%"):
+        if share in lat:
+            row = lat[share]
+            rows.append(
+                ("6", f"latency at {share} of (3) ({_fmt(row['offered_pps'])} products/s offered)",
+                 f"p50 {_fmt(row['p50'])} / p95 {_fmt(row['p95'])} / p99 {_fmt(row['p99'])} ms",
+                 f"{row['products']} products, event time to output timestamp")
+            )  # fmt: skip
+    rss = d.get("rss") or {}
+    rows += [
+        ("7", f"peak resident memory over a backlog of {_fmt(rss.get('products'))} products",
+         f"{_fmt(f.get('peak_rss_mb'))} MiB",
+         "RSS by share done: " + ", ".join(
+             f"{s['done_pct']} %: {s['rss_mb']:.0f}" for s in rss.get("by_progress", [])
+         ) + f" MiB; {_fmt(rss.get('products_per_s'))} products/s (cached 404s)"),
+        ("8", "`enrich replay`, warm cache", f"{_fmt(f.get('replay_pps'))} products/s",
+         f"{(d.get('replay') or {}).get('products')} products"),
+        ("9", "two instances in one group / one",
+         f"{_fmt(d.get('two_instances_pps'))} products/s",
+         f"ratio **{_fmt(f.get('two_instances_ratio'), 2)}** on {os.cpu_count()} cores"),
+        ("10", "GPU", "none", "no GPU was lent to this run"),
+    ]  # fmt: skip
+    lines = ["| # | figure | value | note |", "| --- | --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} | {e} |" for a, b, c, e in rows]
+    return lines
+
+
+def profile_lines(profiles: dict[str, Any]) -> list[str]:
+    """The top of each py-spy profile."""
+    lines: list[str] = []
+    for name, summary in profiles.items():
+        lines += [
+            "",
+            f"### {name} ({summary['samples']} samples at 50 Hz, every thread, idle excluded)",
+            "",
+            "Threads: "
+            + ", ".join(f"{thread} {share} %" for thread, share in summary["threads"][:6]),
+            "",
+            "| self % | function | inclusive % | function |",
+            "| --- | --- | --- | --- |",
+        ]
+        pairs = zip(summary["self"], summary["inclusive"], strict=False)
+        for (own, own_share), (inc, inc_share) in pairs:
+            lines.append(f"| {own_share} | `{own}` | {inc_share} | `{inc}` |")
+    return lines
+
+
+def report(bench: Bench, command: str, started: dt.datetime, elapsed_s: float) -> str:
+    """The results file's Markdown."""
+    m = bench.details["machine"]
+    profiled_half = (bench.details.get("warm_inference") or {}).get("second_half") or {}
+    lines = [
+        f"# Service benchmark, {started:%Y-%m-%d %H:%M} UTC, {m['host']}"
+        + (" (quick)" if bench.args.quick else ""),
+        "",
+        f"Command: `{command}` ({elapsed_s / 60:.1f} min). Model: `{bench.model_dir}`.",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; Python "
+        f"{m['python']}, TensorFlow {m['tensorflow']}, Keras {m['keras']} "
+        f"({m['keras_backend']}); GPU: none. Kafka and Redis run on the same machine.",
+        "",
+        *table(bench.figures, bench.details),
+        "",
+        "Throughputs of backlogs run from the moment the service is ready (the backlog is "
+        "waiting; the model is loaded and warmed) to the last output's Kafka timestamp; (9) "
+        "from the start of producing; (5) and (8) first to last output. (3) counts the half of "
+        "the run before py-spy attached (the profiled half classified "
+        f"{_fmt(profiled_half.get('images_per_s'))} images/s by the service's counters); (4) "
+        "counts the whole run, "
+        "py-spy attached once half the images were classified (outputs leave in partition "
+        "order, in bursts, so there is no clean unprofiled half).",
+        "The naive consumer has no cache: its 'warm' run fetches every image from a 0 ms "
+        "server; it is the same consumer at 100 ms for 'cold'.",
+    ]
+    inference = {k: v for k, v in bench.details.items() if k.endswith("_inference")}
+    if inference:
+        lines += [
+            "",
+            "## The inference thread during the runs (the service's own counters)",
+            "",
+            "| run | half | images/s | mean batch | inference busy | images per busy second "
+            "| service CPU (cores) | service CPU ms per image | other processes (cores) "
+            "| busiest processes (cores) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for key, halves in inference.items():
+            for half, row in halves.items():
+                lines.append(
+                    f"| {key.removesuffix('_inference')} | {half.replace('_', ' ')} | "
+                    f"{_fmt(row['images_per_s'])} | {_fmt(row['mean_batch'])} | "
+                    f"{_fmt(row['inference_busy_share'], 2)} | "
+                    f"{_fmt(row['inference_images_per_busy_s'])} | "
+                    f"{_fmt(row['service_cores'], 2)} | "
+                    f"{_fmt(row['service_cpu_ms_per_image'], 2)} | "
+                    f"{_fmt(row['other_processes_cores'], 2)} | "
+                    + ", ".join(f"{n} {c}" for n, c in row["busiest_processes_cores"])
+                    + " |"
+                )
+    stalls = {k: v for k, v in bench.details.items() if k.endswith("_stalls")}
+    if stalls:
+        lines += ["", "Stalls (the service's counters every 0.5 s, ready to last output):", ""]
+        for key, row in stalls.items():
+            lines.append(
+                f"- {key.removesuffix('_stalls')}: {row['seconds']} s, of which "
+                f"{row['seconds_without_an_image_classified']} s without one image classified "
+                f"and {row['seconds_consumer_paused']} s with the consumer paused (in flight "
+                "at its bound)"
+            )
+    if bench.notes:
+        lines += ["", "## Notes", "", *[f"- {n}" for n in bench.notes]]
+    if bench.profiles:
+        lines += ["", "## Profiles (py-spy)", *profile_lines(bench.profiles)]
+    lines += ["", "## Statuses and details", "", "```json", dumps(bench.details).rstrip(), "```"]
+    return "\n".join(lines) + "\n"
+
+
+_ANALYSIS = re.compile(r"<!-- analysis -->.*?<!-- /analysis -->", re.S)
+
+
+def performance_doc(bench: Bench, command: str, results_file: Path, previous: str) -> str:
+    """docs/performance.md: the latest figures; the hand-written analysis block is kept."""
+    kept = _ANALYSIS.search(previous)
+    analysis = kept.group(0) if kept else "<!-- analysis -->\n<!-- /analysis -->"
+    m = bench.details["machine"]
+    lines = [
+        "# Performance",
+        "",
+        "How fast the service goes against what this machine allows, and against the obvious "
+        "sequential consumer, all measured in one run by `make bench` (`make bench-quick` for a "
+        "smaller run under 5 minutes). Figures by name: [`performance.json`](performance.json); "
+        f"the full run, with profiles: [`{results_file.name}`](../bench/results/"
+        f"{results_file.name}).",
+        "",
+        f"Measured {bench.details['date']} on {m['host']}: {m['cpu']}, {m['cores']} cores, "
+        f"{m['memory_gib']} GiB, TensorFlow {m['tensorflow']} on CPU; Kafka and Redis on the same "
+        f"machine. Command: `{command}`.",
+        "",
+        *table(bench.figures, bench.details),
+        "",
+        analysis,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def derive(bench: Bench) -> None:
+    """Ratios, bounds and speed-ups from the measured figures."""
+    f, d = bench.figures, bench.details
+    inference, decode = f["inference_limit_ips"], f["decode_limit_ips"]
+    warm, cold = f.get("e2e_warm_pps"), f.get("e2e_cold_pps")
+    f["ratio_warm"] = round(warm / inference, 3) if warm else None
+    bound = min(inference, decode)
+    d["cold_bound_ips"] = round(bound, 1)
+    # On shared cores an image costs its decode and its inference, one after the other.
+    shared = 1 / (1 / inference + 1 / decode)
+    d["cold_shared_bound_ips"] = round(shared, 1)
+    f["ratio_cold"] = round(cold / bound, 3) if cold else None
+    d["ratio_cold_shared"] = round(cold / shared, 3) if cold else None
+    d["per_host"] = int(bench.env().get("ENRICH_FETCH_PER_HOST", "8"))
+    d["one_host_bound_pps"] = round(d["per_host"] / (LATENCY_MS / 1000), 1)
+    naive_warm, naive_cold = f.get("naive_warm_pps"), f.get("naive_cold_pps")
+    d["speedup_warm"] = round(warm / naive_warm, 1) if warm and naive_warm else None
+    d["speedup_cold"] = round(cold / naive_cold, 1) if cold and naive_cold else None
+
+
+FIGURE_ORDER = ("cold", "warm", "memory", "replay", "two", "single", "naive")
+
+
+def run(args: argparse.Namespace) -> Bench:
+    """Measure every figure (or those in ``--only``) in order."""
+    from service.config import load_settings
+
+    sizes = QUICK if args.quick else FULL
+    if args.set:
+        changes = dict(item.split("=", 1) for item in args.set.split(","))
+        types = {k: type(v) for k, v in asdict(sizes).items()}
+        sizes = Sizes(**{**asdict(sizes), **{k: types[k](v) for k, v in changes.items()}})
+    bench = Bench(args, sizes)
+    only = set(args.only.split(",")) if args.only else set(FIGURE_ORDER)
+    shared = shared_data()
+    bench.model_dir = args.model or default_model(shared, REPO_ROOT / ".run" / "bench" / "model")
+    settings = load_settings()
+    count = max(sizes.decode_images, sizes.cold_products, sizes.single_host_products, 64)
+    photos = load_photos(shared, count)
+    bench.details["date"] = dt.datetime.now(tz=dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    bench.details["machine"] = machine()
+    bench.details["sizes"] = asdict(sizes)
+    bench.details["model"] = str(bench.model_dir)
+    bench.details["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
+
+    say(f"(1) inference limit, batch {settings.batch_max_size}")
+    inference = inference_limit(bench.model_dir, photos, settings.batch_max_size,
+                                sizes.inference_batches)  # fmt: skip
+    bench.image_size = inference["image_size"]
+    bench.details["inference"] = inference
+    bench.figures["inference_limit_ips"] = inference["images_per_s"]
+    say(f"    inference_limit_ips = {inference['images_per_s']} {inference}")
+    say(f"(2) decode limit, {sizes.decode_images} images")
+    decode = decode_limit(photos[: sizes.decode_images], bench.image_size)
+    bench.details["decode"] = decode
+    bench.figures["decode_limit_ips"] = decode["all_cores_images_per_s"]
+    bench.figures["decode_limit_ips_per_core"] = decode["one_core_images_per_s"]
+    say(f"    decode_limit_ips = {decode}")
+
+    bench.dlq = bench.kafka.topic("dead-letter", partitions=1)
+    fast = ImageHosts(photos, hosts=IMAGE_HOSTS).start()
+    slow = ImageHosts(photos, hosts=IMAGE_HOSTS, latency_s=LATENCY_MS / 1000).start()
+    try:
+        if "cold" in only or "warm" in only or "replay" in only or "two" in only:
+            bench.cold(slow, sizes.cold_products)
+        if "warm" in only or "replay" in only:
+            bench.warm_and_latency(slow, sizes.cold_products, sizes.warm_products)
+        if "memory" in only:
+            bench.memory(fast, sizes.rss_products)
+        if "replay" in only:
+            bench.replay()
+        if "two" in only:
+            bench.two_instances(slow, sizes.cold_products, sizes.two_products)
+        if "single" in only:
+            bench.single_host_cold(slow, sizes.single_host_products)
+        if "naive" in only:
+            bench.naive(fast, slow)
+    finally:
+        fast.stop()
+        slow.stop()
+        bench.kafka.cleanup()
+    if not bench.profiler_exe and args.profile:
+        bench.notes.append("py-spy is not installed (pip install py-spy): no profiles")
+    bench.details["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    bench.notes.append(f"Kafka topics had 4 partitions; service logs in {bench.work}")
+    derive(bench)
+    return bench
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run, print every figure, write the results (and the docs)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: under 5 minutes")
+    parser.add_argument(
+        "--model", type=Path, default=None,
+        help="model directory (default: an untrained default-backbone model)",
+    )  # fmt: skip
+    parser.add_argument("--results", type=Path, default=REPO_ROOT / "bench" / "results")
+    parser.add_argument("--docs", action=argparse.BooleanOptionalAction, default=None,
+                        help="update docs/performance.* (default: on for a full run)")  # fmt: skip
+    parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--only", default="", help=f"some of {','.join(FIGURE_ORDER)}")
+    parser.add_argument("--set", default="", help="size overrides, e.g. rss_products=50000")
+    args = parser.parse_args(argv)
+    started = dt.datetime.now(tz=dt.UTC)
+    began = time.monotonic()
+    command = shlex.join(["python", "-m", "bench.service_bench", *(argv or sys.argv[1:])])
+    bench = run(args)
+    elapsed = time.monotonic() - began
+    figures = {
+        **bench.figures,
+        "gpu": None,
+        "gpu_note": "no GPU was lent to this run",
+        "machine": bench.details["machine"],
+        "date": bench.details["date"],
+        "quick": bool(args.quick),
+        "command": command,
+    }
+    print(json.dumps(figures, indent=2, default=str))
+    print("\n".join(table(bench.figures, bench.details)))
+    args.results.mkdir(parents=True, exist_ok=True)
+    stem = f"{started:%Y-%m-%d}-{platform.node()}" + ("-quick" if args.quick else "")
+    results_file = args.results / f"{stem}.md"
+    results_file.write_text(report(bench, command, started, elapsed))
+    (args.results / f"{stem}.json").write_text(dumps({**figures, "details": bench.details}))
+    say(f"wrote {results_file}")
+    if args.docs if args.docs is not None else not args.quick:
+        docs = REPO_ROOT / "docs"
+        markdown = docs / "performance.md"
+        previous = markdown.read_text() if markdown.exists() else ""
+        markdown.write_text(performance_doc(bench, command, results_file, previous))
+        (docs / "performance.json").write_text(dumps(figures))
+        say(f"wrote {markdown} and {docs / 'performance.json'}")
+
+
+if __name__ == "__main__":
+    main()
