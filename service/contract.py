@@ -137,8 +137,12 @@ class SingleObjectCodec:
         buffer.write(self._current.fingerprint)
         try:
             # The writer alone would accept a string for an array (it iterates the characters):
-            # validate the types first, then let the writer reject unknown fields.
-            validate(record, self._current.parsed, raise_errors=True)
+            # validate the types first, then let the writer reject unknown fields. The quiet
+            # check is cheap; only a failing record pays for building the error message
+            # (raise_errors=True builds an exception for every union branch that does not
+            # match, 31 % of the service's GIL time in the warm benchmark).
+            if not validate(record, self._current.parsed, raise_errors=False):
+                validate(record, self._current.parsed, raise_errors=True)
             fastavro.schemaless_writer(
                 buffer, self._current.parsed, dict(record), strict_allow_default=True
             )
