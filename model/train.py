@@ -121,10 +121,8 @@ def _level_targets(
     vocabulary: Vocabulary, heads: HeadsKind, true_ids: NDArray[np.int64]
 ) -> dict[str, NDArray[np.int32]]:
     if heads == "leaf":
-        return {
-            LEAF_HEAD: np.array([vocabulary.leaf_index(int(i)) for i in true_ids], dtype=np.int32)
-        }
-    encoded = np.array([vocabulary.encode(int(i)) for i in true_ids], dtype=np.int32)
+        return {LEAF_HEAD: vocabulary.leaf_indices(true_ids).astype(np.int32)}
+    encoded = vocabulary.encode_many(true_ids).astype(np.int32)
     return {name: encoded[:, k] for k, name in enumerate(level_names(vocabulary.depth))}
 
 

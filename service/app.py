@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -30,7 +29,7 @@ from service.cache import ImageCache, KeyValueStore
 from service.config import Settings
 from service.contract import SingleObjectCodec
 from service.errors import ConfigError, KafkaError
-from service.fetch.fetcher import FetchConfig, ImageFetcher
+from service.fetch.fetcher import ImageFetcher
 from service.http import start_http
 from service.images import ImageStage
 from service.kafka.consumer import KafkaConsumer
@@ -106,16 +105,7 @@ class Service:
             if store is not None
             else None
         )
-        self.fetch_config = FetchConfig(
-            total_connections=settings.fetch_concurrency,
-            per_host=settings.fetch_per_host,
-            connect_timeout_s=settings.connect_timeout_s,
-            read_timeout_s=settings.read_timeout_s,
-            total_timeout_s=settings.total_timeout_s,
-            max_bytes=settings.max_image_bytes,
-            retries=settings.fetch_retries,
-            allowed_networks=tuple(settings.allowed_network_list),
-        )
+        self.fetch_config = settings.fetch_config()
         self.http = http
         self.http_port: int | None = None
         self._runner: web.AppRunner | None = None
@@ -312,9 +302,3 @@ class Service:
                                    on_progress=on_progress)  # fmt: skip
         log.info("replayed", messages=summary.consumed, seconds=round(time.monotonic() - began, 1))
         return summary
-
-
-def default_paths() -> dict[str, Path]:
-    """Where the repository keeps things, for commands run from a checkout."""
-    root = Path(__file__).resolve().parent.parent
-    return {"root": root, "schemas": root / "schemas"}

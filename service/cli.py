@@ -349,19 +349,12 @@ def build_dataset_command(
     if kafka_topic is not None and retry_failed:
         raise click.UsageError("--retry-failed reads the failures file: use it without Kafka")
     from service.dataset import BuildConfig, build_dataset
-    from service.fetch import FetchConfig
 
     settings = _settings()
     networks = tuple(net.strip() for net in allowed_networks.split(",") if net.strip())
-    fetch = FetchConfig(
+    fetch = settings.fetch_config(
         total_connections=concurrency,
-        per_host=settings.fetch_per_host,
-        connect_timeout_s=settings.connect_timeout_s,
-        read_timeout_s=settings.read_timeout_s,
-        total_timeout_s=settings.total_timeout_s,
-        max_bytes=settings.max_image_bytes,
-        retries=settings.fetch_retries,
-        allowed_networks=networks or tuple(settings.allowed_network_list),
+        **({"allowed_networks": networks} if networks else {}),
     )
     config = BuildConfig(
         labels=labels or Path(),

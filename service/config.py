@@ -6,13 +6,16 @@ common names as well, so the service and its tests find the same services:
 """
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import ConfigError
 from service.logging import LogFormat
+
+if TYPE_CHECKING:
+    from service.fetch.fetcher import FetchConfig
 
 ENV_PREFIX = "ENRICH_"
 
@@ -117,6 +120,22 @@ class Settings(BaseSettings):
     def allowed_network_list(self) -> list[str]:
         """``allowed_networks`` split on commas."""
         return [part.strip() for part in self.allowed_networks.split(",") if part.strip()]
+
+    def fetch_config(self, **overrides: Any) -> "FetchConfig":
+        """The image fetcher's configuration from these settings; ``overrides`` win."""
+        from service.fetch.fetcher import FetchConfig
+
+        values: dict[str, Any] = {
+            "total_connections": self.fetch_concurrency,
+            "per_host": self.fetch_per_host,
+            "connect_timeout_s": self.connect_timeout_s,
+            "read_timeout_s": self.read_timeout_s,
+            "total_timeout_s": self.total_timeout_s,
+            "max_bytes": self.max_image_bytes,
+            "retries": self.fetch_retries,
+            "allowed_networks": tuple(self.allowed_network_list),
+        }
+        return FetchConfig(**{**values, **overrides})
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod

@@ -92,6 +92,10 @@ class PartitionQueues:
                 if not pending.produced:
                     yield pending
 
+    def produced(self) -> list[Pending]:
+        """Every in-flight entry already handed to the producer, in source order."""
+        return [p for queue in self._queues.values() for p in queue if p.produced]
+
     def acknowledge(self, pending: Pending) -> None:
         """Mark a produced entry's output as acknowledged by the broker."""
         pending.acknowledged = True

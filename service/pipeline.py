@@ -323,7 +323,7 @@ class EnrichmentService:
             self._commit_transaction()
 
     def _commit_transaction(self) -> None:
-        produced = [p for q in self.queues._queues.values() for p in q if p.produced]
+        produced = self.queues.produced()
         offsets: dict[tuple[str, int], int] = {}
         for pending in produced:
             offsets[(pending.topic, pending.partition)] = pending.offset + 1

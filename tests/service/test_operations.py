@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -127,7 +126,6 @@ class TestBackpressure:
         assert 0 < highest <= 12
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
 class TestRedisOutage:
     def test_redis_stopped_mid_run_loses_nothing(
         self,

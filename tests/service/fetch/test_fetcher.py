@@ -348,4 +348,5 @@ class TestParseRetryAfter:
         """Without `now` the date is measured from the current time."""
         soon = datetime.now(UTC) + timedelta(seconds=60)
         waited = parse_retry_after(soon.strftime("%a, %d %b %Y %H:%M:%S GMT"))
-        assert True is (waited is not None and 55 < waited <= 60)
+        assert waited is not None
+        assert 55 < waited <= 60
