@@ -169,6 +169,11 @@ class Service:
         """Stop everything started, in reverse order."""
         if self._runner is not None:
             self.loop.call(self._runner.cleanup())
+        if self.service is not None:
+            try:  # the last cache writes: losing them costs a refetch, so wait only a little
+                self.loop.call(self.service.images.flush(), timeout=10.0)
+            except TimeoutError:
+                log.warning("cache_writes_unflushed")
         self.batcher.close()
         self.loop.call(self.fetcher.__aexit__(None, None, None))
         self.loop.stop()

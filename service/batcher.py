@@ -3,8 +3,9 @@
 :class:`InferenceBatcher` owns one thread that takes images from a queue and calls the
 classifier with a batch as soon as it holds ``max_size`` images or its oldest image has
 waited ``max_wait_s``. Fetching and decoding go on in other threads meanwhile; the answer
-for each image is delivered to a ``concurrent.futures.Future`` (or an asyncio future via
-:meth:`InferenceBatcher.classify`).
+for each image is delivered to a ``concurrent.futures.Future`` (:meth:`InferenceBatcher.submit`)
+or to an asyncio future (:meth:`InferenceBatcher.classify`). The asyncio futures of one batch
+are settled with one wake-up of their event loop, not one per image.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ log = structlog.get_logger(__name__)
 
 ClassifyFn = Callable[[Sequence[NDArray[np.uint8]]], list[Prediction]]
 BatchObserver = Callable[[int, float], None]
+Waiter = Future[Prediction] | asyncio.Future[Prediction]
+Item = tuple[NDArray[np.uint8], Waiter, float]
+Outcome = Prediction | Exception
 
 
 @dataclass
@@ -58,8 +62,7 @@ class InferenceBatcher:
         self.max_size = max_size
         self.max_wait_s = max(0.0, max_wait_s)
         self._on_batch = on_batch
-        self._queue: queue.Queue[tuple[NDArray[np.uint8], Future[Prediction], float] | None]
-        self._queue = queue.Queue()
+        self._queue: queue.Queue[Item | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
         self.stats = BatchStats()
         self._started = False
@@ -79,7 +82,9 @@ class InferenceBatcher:
 
     async def classify(self, image: NDArray[np.uint8]) -> Prediction:
         """Queue one image and await its prediction from an event loop."""
-        return await asyncio.wrap_future(self.submit(image))
+        future: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
+        self._queue.put((image, future, time.monotonic()))
+        return await future
 
     def close(self, timeout: float = 30.0) -> None:
         """Finish the queued images, then stop the thread."""
@@ -112,21 +117,44 @@ class InferenceBatcher:
                 batch.append(extra)
             self._run_batch(batch)
 
-    def _run_batch(self, batch: list[tuple[NDArray[np.uint8], Future[Prediction], float]]) -> None:
-        """Classify one batch and resolve its futures."""
+    def _run_batch(self, batch: list[Item]) -> None:
+        """Classify one batch and settle its futures."""
         began = time.perf_counter()
+        outcomes: list[Outcome]
         try:
-            predictions = self._classify([image for image, _, _ in batch])
+            outcomes = list(self._classify([image for image, _, _ in batch]))
         except Exception as exc:  # every waiting product must hear about it
             log.exception("inference_failed", batch_size=len(batch))
-            for _, future, _ in batch:
-                future.set_exception(exc)
-            return
-        seconds = time.perf_counter() - began
-        self.stats.batches += 1
-        self.stats.images += len(batch)
-        self.stats.seconds += seconds
-        if self._on_batch is not None:
-            self._on_batch(len(batch), seconds)
-        for (_, future, _), prediction in zip(batch, predictions, strict=True):
-            future.set_result(prediction)
+            outcomes = [exc] * len(batch)
+        else:
+            seconds = time.perf_counter() - began
+            self.stats.batches += 1
+            self.stats.images += len(batch)
+            self.stats.seconds += seconds
+            if self._on_batch is not None:
+                self._on_batch(len(batch), seconds)
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Prediction], Outcome]]]
+        by_loop = {}
+        for (_, waiter, _), outcome in zip(batch, outcomes, strict=True):
+            if isinstance(waiter, asyncio.Future):
+                by_loop.setdefault(waiter.get_loop(), []).append((waiter, outcome))
+            elif isinstance(outcome, Exception):
+                waiter.set_exception(outcome)
+            else:
+                waiter.set_result(outcome)
+        for loop, settled in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, settled)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                log.warning("inference_result_dropped", images=len(settled))
+
+
+def _settle(settled: list[tuple[asyncio.Future[Prediction], Outcome]]) -> None:
+    """Give each asyncio future its prediction or error (in its loop's thread)."""
+    for future, outcome in settled:
+        if future.done():  # cancelled while it waited
+            continue
+        if isinstance(outcome, Exception):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)

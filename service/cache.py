@@ -32,7 +32,7 @@ import threading
 import time
 import zlib
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol, TypeAlias, get_args
 from urllib.parse import urlsplit, urlunsplit
@@ -53,7 +53,9 @@ __all__ = [
     "KeyValueStore",
     "MemoryStore",
     "NegativeHit",
+    "NegativePut",
     "NegativeStatus",
+    "Put",
     "normalise_url",
 ]
 
@@ -286,6 +288,30 @@ class NegativeHit:
 CacheResult: TypeAlias = CacheHit | NegativeHit | None
 
 
+@dataclass(frozen=True, eq=False)
+class Put:
+    """One positive write for `ImageCache.put_many`: `url`'s bytes had this sha256.
+
+    `pixels` are what they decoded to; None when the content entry is already cached (found by
+    `get_by_content`), so only the URL's header is written.
+    """
+
+    url: str
+    pixels: NDArray[np.uint8] | None
+    sha256: str
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+@dataclass(frozen=True)
+class NegativePut:
+    """One negative write for `ImageCache.put_many`: fetching `url` just failed this way."""
+
+    url: str
+    status: NegativeStatus
+    reason: str
+
+
 class _CorruptEntryError(Exception):
     """An entry that cannot be what this module wrote; internal, never leaves the module."""
 
@@ -391,37 +417,62 @@ class ImageCache:
         last_modified: str | None = None,
     ) -> None:
         """Remember `url`'s pixels, decoded from bytes with this sha256 (one round trip)."""
-        expected = (self._size, self._size, 3)
-        if pixels.shape != expected or pixels.dtype != np.uint8:
-            raise ValueError(
-                f"pixels must be uint8 {expected}, got {pixels.dtype} {tuple(pixels.shape)}"
-            )
-        content_key = self.content_key(sha256)
-        if not self._may_call(1):
-            return
-        header = {
-            "v": _HEADER_VERSION,
-            "sha256": sha256,
-            "etag": etag,
-            "last_modified": last_modified,
-        }
-        entries = {
-            content_key: zlib.compress(np.ascontiguousarray(pixels).tobytes(), _ZLIB_LEVEL),
-            self.url_key(url): _dump(header),
-        }
-        self._write(entries, self._ttl_s)
+        self.put_many([Put(url, pixels, sha256, etag, last_modified)])
 
     def put_negative(self, url: str, status: NegativeStatus, reason: str) -> None:
         """Remember that fetching `url` just failed, for `negative_ttl_s`."""
-        if status not in _NEGATIVE_STATUSES:
-            raise ValueError(f"status must be one of {sorted(_NEGATIVE_STATUSES)}, got {status!r}")
-        if not self._may_call(1):
+        self.put_many([NegativePut(url, status, reason)])
+
+    def put_many(self, writes: Sequence[Put | NegativePut]) -> None:
+        """Several writes in at most two round trips (one per TTL); bad arguments raise first."""
+        expected = (self._size, self._size, 3)
+        for write in writes:
+            if isinstance(write, NegativePut):
+                if write.status not in _NEGATIVE_STATUSES:
+                    raise ValueError(
+                        f"status must be one of {sorted(_NEGATIVE_STATUSES)}, got {write.status!r}"
+                    )
+                continue
+            _check_sha256(write.sha256)
+            pixels = write.pixels
+            if pixels is not None and (pixels.shape != expected or pixels.dtype != np.uint8):
+                raise ValueError(
+                    f"pixels must be uint8 {expected}, got {pixels.dtype} {tuple(pixels.shape)}"
+                )
+        if not writes or not self._may_call(len(writes)):
             return
-        header = {
-            "v": _HEADER_VERSION,
-            "negative": {"status": status, "reason": reason[:_MAX_REASON_CHARS]},
-        }
-        self._write({self.url_key(url): _dump(header)}, self._negative_ttl_s)
+        positive: dict[str, bytes] = {}
+        negative: dict[str, bytes] = {}
+        for write in writes:
+            if isinstance(write, NegativePut):
+                header: dict[str, object] = {
+                    "v": _HEADER_VERSION,
+                    "negative": {
+                        "status": write.status,
+                        "reason": write.reason[:_MAX_REASON_CHARS],
+                    },
+                }
+                key = self.url_key(write.url)
+                positive.pop(key, None)  # the later write of a URL wins
+                negative[key] = _dump(header)
+                continue
+            if write.pixels is not None:
+                positive[self.content_key(write.sha256)] = zlib.compress(
+                    np.ascontiguousarray(write.pixels).tobytes(), _ZLIB_LEVEL
+                )
+            header = {
+                "v": _HEADER_VERSION,
+                "sha256": write.sha256,
+                "etag": write.etag,
+                "last_modified": write.last_modified,
+            }
+            key = self.url_key(write.url)
+            negative.pop(key, None)  # the later write of a URL wins
+            positive[key] = _dump(header)
+        if positive:
+            self._write(positive, self._ttl_s)
+        if negative and self._may_call(0):  # not right after the first write failed
+            self._write(negative, self._negative_ttl_s)
 
     def _lookup(self, urls: list[str]) -> tuple[list[CacheResult], Counter[str]]:
         """Read headers, then the distinct contents they point to; raises CacheError."""

@@ -3,18 +3,20 @@
 Threads, and what each does:
 
 - the **main thread** (:meth:`EnrichmentService.run`) owns the Kafka consumer and producer:
-  it consumes, decodes each message, hands the product to the event loop, produces finished
-  outputs in per-partition source order (:mod:`service.ordering`), serves delivery reports,
-  stores offsets up to the acknowledged watermark, pauses and resumes partitions for
-  backpressure, and runs the rebalance callbacks;
+  it consumes, decodes each message, hands each consumed batch's products to the event loop
+  (one wake-up per batch), produces finished outputs in per-partition source order
+  (:mod:`service.ordering`), serves delivery reports, stores offsets up to the acknowledged
+  watermark, pauses and resumes partitions for backpressure, and runs the rebalance callbacks;
 - the **event loop thread** (:class:`LoopThread`) runs the image stage (aiohttp fetches,
-  Redis lookups in worker threads, Pillow decoding in a pool) and the HTTP endpoints;
+  Redis lookups coalesced into one worker-thread call per batch, Pillow decoding in a pool)
+  and the HTTP endpoints;
 - the **inference thread** (:class:`~service.batcher.InferenceBatcher`) classifies batches.
 
 The commit order: consume → process (concurrently) → produce in source order → broker
-acknowledges → store offset (watermark) → commit (librdkafka's periodic auto-commit of
-stored offsets, and synchronously on revoke and shutdown). In ``exactly-once`` mode the
-outputs and the consumed offsets are committed together in one producer transaction.
+acknowledges → store offset (watermark) → commit (asynchronously every ``commit_interval_s``
+while the watermark moves, and synchronously on revoke and shutdown). In ``exactly-once``
+mode the outputs and the consumed offsets are committed together in one producer
+transaction.
 """
 
 from __future__ import annotations
@@ -156,6 +158,8 @@ class EnrichmentService:
         self._last_commit = 0.0
         self._uncommitted = False
         self._positions: dict[tuple[str, int], int] = {}
+        self._to_start: list[tuple[Product, Pending]] = []
+        self._tasks: set[asyncio.Task[Output]] = set()  # held so none is collected mid-run
         self._headers = [("content-type", enrichment_codec.content_type.encode())]
 
     # -- per message ----------------------------------------------------------------------
@@ -214,13 +218,26 @@ class EnrichmentService:
                 "INVALID_INPUT",
             )  # fmt: skip
             return
-        future = self.loop.submit(self._enrich(product, pending))
-        future.add_done_callback(functools.partial(self._finished, pending=pending))
+        self._to_start.append((product, pending))
 
-    def _finished(self, future: Future[Output], *, pending: Pending) -> None:
+    def _start_enrichment(self) -> None:
+        """Hand the products taken since the last call to the event loop, in one wake-up."""
+        if self._to_start:
+            products, self._to_start = self._to_start, []
+            self.loop.loop.call_soon_threadsafe(self._start_tasks, products)
+
+    def _start_tasks(self, products: list[tuple[Product, Pending]]) -> None:
+        """Start one task per product (called in the event loop thread)."""
+        for product, pending in products:
+            task = self.loop.loop.create_task(self._enrich(product, pending))
+            self._tasks.add(task)
+            task.add_done_callback(functools.partial(self._finished, pending=pending))
+
+    def _finished(self, task: asyncio.Task[Output], *, pending: Pending) -> None:
         """Record the output of a finished product (called from the event loop thread)."""
+        self._tasks.discard(task)
         try:
-            pending.output = future.result()
+            pending.output = task.result()
         except BaseException as exc:
             self._fatal = exc
 
@@ -452,6 +469,7 @@ class EnrichmentService:
                         if (message.offset() or 0) >= until.get(key, 0):
                             continue
                     self._handle(message)
+                self._start_enrichment()
                 self._pump()
                 self._update_lag()
                 if until is not None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -75,3 +77,60 @@ class TestInferenceBatcher:
         assert 5 == sum(seen)
         assert batcher.stats.images == 5
         assert batcher.stats.batches == len(seen)
+
+
+class TestClassifyFromAnEventLoop:
+    def test_each_awaiting_coroutine_gets_its_own_prediction(self) -> None:
+        """classify() from many coroutines answers each with its own image's prediction."""
+        batcher = InferenceBatcher(_Recorder(), max_size=4, max_wait_s=0.05).start()
+
+        async def run() -> list[Prediction]:
+            return list(await asyncio.gather(*(batcher.classify(_image(i)) for i in range(10))))
+
+        assert list(range(10)) == asyncio.run(run())
+        batcher.close()
+
+    def test_a_batch_wakes_its_event_loop_once(self) -> None:
+        """The predictions of one batch reach the loop in one thread-safe call, not one each."""
+        batcher = InferenceBatcher(_Recorder(), max_size=8, max_wait_s=0.2).start()
+        wakeups: list[int] = []
+
+        async def run() -> list[Prediction]:
+            loop = asyncio.get_running_loop()
+            original = loop.call_soon_threadsafe
+
+            def counting(callback: Any, *args: Any, **kwargs: Any) -> Any:
+                wakeups.append(len(args[0]) if args else 0)
+                return original(callback, *args, **kwargs)
+
+            loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+            return list(await asyncio.gather(*(batcher.classify(_image(i)) for i in range(8))))
+
+        assert list(range(8)) == asyncio.run(run())
+        batcher.close()
+        assert wakeups == [8]
+
+    def test_a_failing_model_fails_every_awaiting_coroutine(self) -> None:
+        """When inference raises, each awaiting coroutine gets the error."""
+        batcher = InferenceBatcher(_Recorder(fail=True), max_size=8, max_wait_s=0.01).start()
+
+        async def run() -> list[BaseException | Prediction]:
+            tasks = [batcher.classify(_image(i)) for i in range(3)]
+            return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+        outcomes = asyncio.run(run())
+        batcher.close()
+        assert [str(o) for o in outcomes] == ["model exploded"] * 3
+
+    def test_a_cancelled_waiter_does_not_disturb_the_others(self) -> None:
+        """A coroutine cancelled while its image waits is skipped; the rest get answers."""
+        batcher = InferenceBatcher(_Recorder(delay_s=0.05), max_size=4, max_wait_s=0.1).start()
+
+        async def run() -> list[Prediction]:
+            tasks = [asyncio.ensure_future(batcher.classify(_image(i))) for i in range(4)]
+            await asyncio.sleep(0.01)
+            tasks[1].cancel()
+            return [await t for i, t in enumerate(tasks) if i != 1]
+
+        assert [0, 2, 3] == asyncio.run(run())
+        batcher.close()

@@ -22,6 +22,8 @@ from service.cache import (
     KeyValueStore,
     MemoryStore,
     NegativeHit,
+    NegativePut,
+    Put,
     normalise_url,
 )
 from service.errors import CacheError
@@ -410,6 +412,56 @@ class TestImageCache:
         cache.put_negative(URL, "IMAGE_UNAVAILABLE", "timeout")
         cache.put(URL, pixels(1), sha("a"))
         assert isinstance(cache.get(URL), CacheHit)
+
+    def test_put_many_writes_a_batch_in_one_round_trip_per_ttl(self, memory: MemoryStore) -> None:
+        """Positive and negative writes of a batch take one set_many each, then all read back."""
+        counting = CountingStore(memory)
+        cache = ImageCache(counting, image_size=SIZE)
+        cache.put_many(
+            [
+                Put("http://e.com/1", pixels(1), sha("a")),
+                Put("http://e.com/2", pixels(2), sha("b"), etag='"e"'),
+                NegativePut("http://e.com/3", "IMAGE_UNAVAILABLE", "HTTP 404"),
+            ]
+        )
+        assert Counter({"set_many": 2}) == counting.calls
+        hits = cache.get_many([f"http://e.com/{i}" for i in (1, 2, 3)])
+        assert [CacheHit, CacheHit, NegativeHit] == [type(h) for h in hits]
+
+    def test_a_header_only_put_points_at_cached_content(self, memory: MemoryStore) -> None:
+        """A Put without pixels writes only the URL's header, which reads back the known pixels."""
+        cache = ImageCache(memory, image_size=SIZE)
+        cache.put("http://e.com/1", pixels(7), sha("a"))
+        before = set(content_keys(memory))
+        cache.put_many([Put("http://e.com/2", None, sha("a"))])
+        hit = cache.get("http://e.com/2")
+        assert isinstance(hit, CacheHit)
+        np.testing.assert_array_equal(pixels(7), hit.pixels)
+        assert before == set(content_keys(memory))
+
+    def test_the_later_write_of_a_url_in_a_batch_wins(self, memory: MemoryStore) -> None:
+        """A URL written negatively then positively in one batch ends up positive, and back."""
+        cache = ImageCache(memory, image_size=SIZE)
+        cache.put_many(
+            [NegativePut("http://e.com/1", "IMAGE_UNAVAILABLE", "x"),
+             Put("http://e.com/1", pixels(1), sha("a")),
+             Put("http://e.com/2", pixels(1), sha("a")),
+             NegativePut("http://e.com/2", "IMAGE_INVALID", "y")]
+        )  # fmt: skip
+        assert [CacheHit, NegativeHit] == [
+            type(h) for h in cache.get_many(["http://e.com/1", "http://e.com/2"])
+        ]
+
+    def test_a_bad_write_in_a_batch_writes_nothing(self, memory: MemoryStore) -> None:
+        """One write with wrong pixels or an unknown status refuses the whole batch."""
+        cache = ImageCache(memory, image_size=SIZE)
+        wrong = np.zeros((2, 2, 3), np.uint8)
+        with pytest.raises(ValueError, match="pixels"):
+            cache.put_many([Put("http://e.com/1", pixels(1), sha("a")),
+                            Put("http://e.com/2", wrong, sha("b"))])  # fmt: skip
+        with pytest.raises(ValueError, match="status"):
+            cache.put_many([NegativePut("http://e.com/3", "CLASSIFIED", "no")])  # type: ignore[arg-type]
+        assert 0 == len(memory)
 
     def test_long_reason_is_truncated(self, memory: MemoryStore) -> None:
         """A reason is kept to its first 500 characters."""
