@@ -67,5 +67,17 @@ bench-quick: install ## The same figures on smaller inputs (under 5 min): bench/
 
 CHAOS_ARGS ?=
 .PHONY: chaos
-chaos: install ## The long fault scenarios (kill -9, SSRF) as one table: docs/reliability.md.
+chaos: install ## Every fault scenario, fuzzing and the soak, long versions, one table: docs/reliability.md (about 75 min).
+	$(BIN)/python -m pip install -q -e '.[dev,fuzz]'
 	deploy/local/with-services.sh $(BIN)/python bench/chaos.py $(CHAOS_ARGS)
+
+FUZZ_SECONDS ?= 300
+.PHONY: fuzz
+fuzz: install ## atheris on the image and record decoders, FUZZ_SECONDS (300) each: .run/fuzz/.
+	$(BIN)/python -m pip install -q -e '.[dev,fuzz]'
+	$(BIN)/python -m bench.fuzz --target all --seconds $(FUZZ_SECONDS)
+
+SOAK_ARGS ?=
+.PHONY: soak
+soak: install ## The service for 10 min at half its measured capacity: memory, fds, connections.
+	deploy/local/with-services.sh $(BIN)/python -m bench.soak $(SOAK_ARGS)

@@ -1,17 +1,21 @@
 """`make chaos`: the long fault scenarios against the real broker, printed as one table.
 
     .venv/bin/python bench/chaos.py [--inputs 20000] [--kills 10] [--model DIR]
+        [--hanging-inputs 5000] [--redis-outage-s 30] [--fuzz-s 300] [--soak-s 600]
+        [--only crash,ssrf,outage,hanging,redis,fuzz,soak]
 
-Needs KAFKA_BOOTSTRAP_SERVERS (``make chaos`` runs it under deploy/local/with-services.sh).
-Writes docs/reliability.md (the table and the command) and docs/reliability.json. The model
-is an untrained default-shaped `tiny` one unless ``--model`` is given: faults, not accuracy,
-are measured here.
+Needs KAFKA_BOOTSTRAP_SERVERS (``make chaos`` runs it under deploy/local/with-services.sh)
+and root for the SSRF row's network namespace (without it the row keeps to loopback and says
+so). Writes docs/reliability.md (the table and the command) and docs/reliability.json. The
+model is an untrained default-shaped `tiny` one unless ``--model`` is given: faults, not
+accuracy, are measured here.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -22,31 +26,33 @@ import time
 import uuid
 from pathlib import Path
 
-import confluent_kafka
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.fuzz import fuzz_row  # noqa: E402
+from bench.soak import soak_row  # noqa: E402
 from model.build import build_model  # noqa: E402
 from model.classifier import save_model  # noqa: E402
 from model.taxonomy import Taxonomy  # noqa: E402
 from model.vocabulary import Vocabulary  # noqa: E402
-from service.contract import SingleObjectCodec  # noqa: E402
 from service.kafka.admin import KafkaAdmin  # noqa: E402
 from tests.reliability.scenarios import (  # noqa: E402
-    CountingListener,
-    OutputWatcher,
+    NetnsUnavailableError,
     PrivateBroker,
+    PrivateNetwork,
+    PrivateRedis,
     Row,
     broker_outage_scenario,
     crash_scenario,
-    serve_process,
-    service_env,
-    ssrf_urls,
+    hanging_scenario,
+    produce,
+    product_value,
+    redis_outage_scenario,
+    ssrf_scenario,
 )
 from tests.support.image_server import ImageServer  # noqa: E402
 
-PRODUCT = SingleObjectCodec.for_schema("product")
+SCENARIOS = ("crash", "ssrf", "outage", "hanging", "redis", "fuzz", "soak")
 
 
 def _model(shared: Path, work: Path) -> Path:
@@ -85,63 +91,96 @@ def _topics(admin: KafkaAdmin, name: str) -> dict[str, str]:
     return topics
 
 
-def _product(product_id: str, url: str) -> bytes:
-    return PRODUCT.encode(
-        {
-            "product_id": product_id,
-            "partner_id": "chaos",
-            "title": None,
-            "description": None,
-            "image_url": url,
-            "additional_image_urls": [],
-            "partner_category": None,
-            "updated_at": dt.datetime.now(tz=dt.UTC),
-        }
-    )
-
-
 def _fill(bootstrap: str, topic: str, server: ImageServer, photos: list[str], count: int) -> None:
-    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    items = []
     for i in range(count):
-        value = _product(f"c{i}", f"{server.url_for(photos[i % len(photos)])}?i={i}")
-        if i % 97 == 0:
-            value = b"not avro"
-        producer.produce(topic, key=f"c{i}".encode(), value=value)
-        if i % 5000 == 0:
-            producer.poll(0)
-    producer.flush(120)
+        value = product_value(f"c{i}", f"{server.url_for(photos[i % len(photos)])}?i={i}")
+        items.append((f"c{i}", b"not avro" if i % 97 == 0 else value))
+    produce(bootstrap, topic, items)
 
 
-def _ssrf(bootstrap: str, admin: KafkaAdmin, model_dir: Path) -> Row:
-    topics = _topics(admin, "ssrf")
-    listener = CountingListener()
-    urls = ssrf_urls(listener.port)
-    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap})
-    for name, url in urls.items():
-        producer.produce(topics["input"], key=name.encode(), value=_product(name, url))
-    producer.flush(30)
-    env = service_env(
-        bootstrap, topics, model_dir, f"chaos-{uuid.uuid4().hex[:6]}", ENRICH_ALLOWED_NETWORKS=""
-    )
-    watcher = OutputWatcher(bootstrap, [topics["output"], topics["dlq"]])
-    process = serve_process(env)
-    deadline = time.monotonic() + 120
-    while watcher.unique() < len(urls) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    process.terminate()
-    process.wait(60)
-    watcher.close()
-    listener.close()
-    return Row(
-        "SSRF (12 guarded targets)",
-        1,
-        len(urls),
-        watcher.count(),
-        len(urls) - watcher.unique(),
-        watcher.count() - watcher.unique(),
-        listener.hits,
-        0.0,
-    )
+def _ssrf(bootstrap: str, admin: KafkaAdmin, model_dir: Path, work: Path) -> Row:
+    """Every guarded target through a serve child; outside loopback in a network namespace."""
+    network: PrivateNetwork | None = PrivateNetwork()
+    try:
+        assert network is not None
+        network.start()
+    except NetnsUnavailableError as exc:
+        print(f"chaos: no network namespace ({exc}); SSRF keeps to loopback", flush=True)
+        network = None
+    try:
+        result = ssrf_scenario(
+            bootstrap=bootstrap, topics=_topics(admin, "ssrf"), model_dir=model_dir, work=work,
+            network=network,
+        )  # fmt: skip
+    finally:
+        if network is not None:
+            network.close()
+    if result.probe_hits != result.probed:
+        raise RuntimeError(f"only {result.probe_hits} of {result.probed} SSRF targets were live")
+    wrong = {n: a for n, a in result.answers.items() if a[0] != "IMAGE_UNAVAILABLE"}
+    if wrong:
+        raise RuntimeError(f"SSRF targets answered other than IMAGE_UNAVAILABLE: {wrong}")
+    if network is None:
+        result.row.scenario += " (no network namespace: loopback only)"
+    return result.row
+
+
+def _hanging(
+    bootstrap: str, admin: KafkaAdmin, model_dir: Path, server: ImageServer, photos: list[str],
+    args: argparse.Namespace, own_host: bool,
+) -> Row:  # fmt: skip
+    """Every ``--hanging-every``-th image URL hangs: on the photos' server, or on 127.0.0.2."""
+    timeout = args.hanging_timeout_s
+    extra = {
+        "ENRICH_CONNECT_TIMEOUT_S": str(timeout),
+        "ENRICH_READ_TIMEOUT_S": str(timeout),
+        "ENRICH_TOTAL_TIMEOUT_S": str(2 * timeout),
+        "ENRICH_FETCH_RETRIES": "1",
+    }
+    hang_server = None
+    if own_host:
+        hang_server = ImageServer(server.root, host="127.0.0.2").start()
+        extra["ENRICH_ALLOWED_NETWORKS"] = "127.0.0.1/32,127.0.0.2/32"
+    try:
+        row, baseline, hanging = hanging_scenario(
+            bootstrap=bootstrap, make_topics=lambda name: _topics(admin, name),
+            model_dir=model_dir, server=server, photos=photos, inputs=args.hanging_inputs,
+            hanging_every=args.hanging_every, env_extra=extra, hang_server=hang_server,
+            timeout_s=3600,
+        )  # fmt: skip
+    finally:
+        if hang_server is not None:
+            hang_server.stop()
+    if own_host:
+        row.scenario = row.scenario.replace("):", ", on a host of their own):", 1)
+    print(json.dumps({
+        "healthy_per_s": [round(baseline.healthy_per_s, 1), round(hanging.healthy_per_s, 1)],
+        "hanging_statuses": sorted(set(hanging.statuses.values())),
+        "hanging_requests": sorted(set(hanging.requests.values())),
+        "healthy_statuses": hanging.healthy_statuses,
+    }), flush=True)  # fmt: skip
+    return row
+
+
+def _redis(
+    bootstrap: str, admin: KafkaAdmin, model_dir: Path, server: ImageServer, photos: list[str],
+    work: Path, args: argparse.Namespace,
+) -> Row:  # fmt: skip
+    """Products flowing at ``--redis-rate``; a private Redis stopped for ``--redis-outage-s``."""
+    redis = PrivateRedis(work / "redis")
+    redis.start()
+    try:
+        row, details = redis_outage_scenario(
+            bootstrap=bootstrap, topics=_topics(admin, "redis"), model_dir=model_dir,
+            server=server, photos=photos, redis=redis, rate=args.redis_rate,
+            before_s=args.redis_before_s, outage_s=args.redis_outage_s,
+            after_s=args.redis_after_s, timeout_s=3600,
+        )  # fmt: skip
+    finally:
+        redis.stop()
+    print(json.dumps(dataclasses.asdict(details)), flush=True)
+    return row
 
 
 def _outage(
@@ -167,16 +206,66 @@ def _outage(
         broker.stop(keep=False)
 
 
-def main() -> None:
-    """Run the scenarios, print the table, write docs/reliability.{md,json}."""
+def _soak(args: argparse.Namespace) -> Row:
+    """``--soak-s`` at half the measured capacity; the verdict goes into the scenario's name."""
+    row, details = soak_row(seconds=args.soak_s, model_dir=args.model)
+    verdict = details["verdict"]
+    row.scenario += (
+        f": RSS {verdict['rss_after_warmup_mb']:.0f} → {verdict['rss_end_mb']:.0f} MiB "
+        f"({100 * verdict['rss_growth']:+.1f} %), fds {verdict['fds_first_half_max']} → "
+        f"{verdict['fds_end']}, connections {verdict['connections_first_half_max']} → "
+        f"{verdict['connections_end']}, "
+        + ("passed" if details["passed"] else "FAILED: " + "; ".join(details["reasons"]))
+    )
+    print(json.dumps({k: v for k, v in details.items() if k != "series"}, default=str), flush=True)
+    return row
+
+
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--inputs", type=int, default=20_000)
-    parser.add_argument("--kills", type=int, default=10)
-    parser.add_argument("--max-in-flight", type=int, default=200)
-    parser.add_argument("--outage-s", type=float, default=20.0)
+    parser.add_argument("--inputs", type=int, default=20_000, help="crash rows: products")
+    parser.add_argument("--kills", type=int, default=10, help="crash rows: kill -9s")
+    parser.add_argument("--max-in-flight", type=int, default=200, help="crash rows")
+    parser.add_argument("--outage-s", type=float, default=20.0, help="broker outage")
+    parser.add_argument("--hanging-inputs", type=int, default=5000,
+                        help="hanging rows: products per run (two runs per row)")  # fmt: skip
+    parser.add_argument("--hanging-every", type=int, default=10,
+                        help="hanging rows: 1 in this many image URLs hangs")  # fmt: skip
+    parser.add_argument("--hanging-timeout-s", type=float, default=2.0,
+                        help="hanging rows: connect/read timeout (total 2x, 1 retry)")  # fmt: skip
+    parser.add_argument("--redis-outage-s", type=float, default=30.0)
+    parser.add_argument("--redis-rate", type=float, default=50.0, help="products per second")
+    parser.add_argument("--redis-before-s", type=float, default=15.0,
+                        help="Redis row: flow before the outage")  # fmt: skip
+    parser.add_argument("--redis-after-s", type=float, default=30.0,
+                        help="Redis row: flow after Redis is back")  # fmt: skip
+    parser.add_argument("--fuzz-s", type=float, default=300.0, help="fuzz rows: per target")
+    parser.add_argument("--soak-s", type=float, default=600.0, help="soak row: seconds of load")
+    parser.add_argument("--only", default=",".join(SCENARIOS),
+                        help=f"comma-separated subset of {','.join(SCENARIOS)}")  # fmt: skip
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--docs", type=Path, default=REPO / "docs")
     args = parser.parse_args()
+    unknown = set(args.only.split(",")) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"--only: unknown scenarios {sorted(unknown)}")
+    # The command written to the docs: the crash rows' flags always, the others when changed.
+    given = [f"--inputs {args.inputs}", f"--kills {args.kills}",
+             f"--max-in-flight {args.max_in_flight}"]  # fmt: skip
+    for dest, value in vars(args).items():
+        if dest in {"inputs", "kills", "max_in_flight", "model", "docs"}:
+            continue
+        if value != parser.get_default(dest):
+            shown = f"{value:g}" if isinstance(value, float) else value
+            given.append(f"--{dest.replace('_', '-')} {shown}")
+    args.command = f"make chaos CHAOS_ARGS='{' '.join(given)}'"
+    return args
+
+
+def main() -> None:
+    """Run the scenarios, print the table, write docs/reliability.{md,json}."""
+    args = _arguments()
+    only = set(args.only.split(","))
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if not bootstrap:
         sys.exit("chaos: KAFKA_BOOTSTRAP_SERVERS is not set (run `make chaos`)")
@@ -187,34 +276,41 @@ def main() -> None:
     server = ImageServer(shared / "product-images").start()
     rows: list[Row] = []
     began = time.monotonic()
+
+    def note(row: Row, **extra: object) -> None:
+        print(json.dumps({**row.as_dict(), **extra}), flush=True)
+        rows.append(row)
+
     with tempfile.TemporaryDirectory() as work:
         model_dir = args.model or _model(shared, Path(work))
-        for delivery in ("at-least-once", "exactly-once"):
+        for delivery in ("at-least-once", "exactly-once") if "crash" in only else ():
             topics = _topics(admin, "crash")
             _fill(bootstrap, topics["input"], server, photos, args.inputs)
-            row = crash_scenario(
-                bootstrap=bootstrap,
-                topics=topics,
-                model_dir=model_dir,
-                inputs=args.inputs,
-                kills=args.kills,
-                max_in_flight=args.max_in_flight,
-                delivery=delivery,
+            note(crash_scenario(
+                bootstrap=bootstrap, topics=topics, model_dir=model_dir, inputs=args.inputs,
+                kills=args.kills, max_in_flight=args.max_in_flight, delivery=delivery,
                 timeout_s=3600,
-            )
-            print(json.dumps(row.as_dict()), flush=True)
-            rows.append(row)
-        row = _ssrf(bootstrap, admin, model_dir)
-        print(json.dumps(row.as_dict()), flush=True)
-        rows.append(row)
-        row, readiness = _outage(Path(work), server, photos, model_dir, args.outage_s)
-        print(json.dumps({**row.as_dict(), "readyz": readiness}), flush=True)
-        rows.append(row)
+            ))  # fmt: skip
+        if "ssrf" in only:
+            note(_ssrf(bootstrap, admin, model_dir, Path(work)))
+        if "outage" in only:
+            row, readiness = _outage(Path(work), server, photos, model_dir, args.outage_s)
+            note(row, readyz=readiness)
+        for own_host in (False, True) if "hanging" in only else ():
+            note(_hanging(bootstrap, admin, model_dir, server, photos, args, own_host))
+        if "redis" in only:
+            note(_redis(bootstrap, admin, model_dir, server, photos, Path(work), args))
+        for target in ("image", "record") if "fuzz" in only else ():
+            note(fuzz_row(target, args.fuzz_s, Path(work) / "fuzz" / target))
+        if "soak" in only:
+            note(_soak(args))
     server.stop()
-    command = (
-        f"make chaos CHAOS_ARGS='--inputs {args.inputs} --kills {args.kills} "
-        f"--max-in-flight {args.max_in_flight}'"
-    )
+    _write(args, rows, time.monotonic() - began)
+
+
+def _write(args: argparse.Namespace, rows: list[Row], seconds: float) -> None:
+    """Print the table; write it with the command and the notes to --docs."""
+    command = args.command
     header = (
         "| scenario | runs | inputs | outputs | lost | duplicates | guarded hits | max recovery s |"
     )
@@ -233,19 +329,47 @@ def main() -> None:
     )
     (args.docs / "reliability.md").write_text(
         f"# Reliability\n\nLatest `make chaos` run, {stamp}, on {platform.node()} "
-        f"({os.cpu_count()} cores), {time.monotonic() - began:.0f} s:\n\n    {command}\n\n"
+        f"({os.cpu_count()} cores), {seconds:.0f} s:\n\n    {command}\n\n"
         f"{table}\n\n"
         "*Lost*: input offsets with neither an output nor a dead-letter record, counted by "
         "reading both topics back. *Duplicates*: outputs beyond one per input offset (at "
         "least once allows them, bounded by the in-flight limit per kill; exactly-once is read "
         "with `read_committed`). *Max recovery*: from a restart to its first new output "
-        "(process start, model load and group join included). Every 97th input is not Avro "
-        "and is answered through the dead-letter topic.\n\n"
-        "Also in `make test` (tests/reliability/, tests/service/): hostile images (bomb, "
-        "truncated, bad CRC, CMYK, 16-bit, palette+alpha, animated GIF, WebP, 1x1, 1x10000, "
-        "EXIF-rotated), hostile records (not Avro, unknown fingerprint, cut short, 10 MB "
-        "title, 100 KB URL, file/ftp/gopher/data/credential URLs), image-server faults "
-        "(tests/service/fetch/), a Redis outage mid-run and SIGTERM drain.\n"
+        "(process start, model load and group join included). Every 97th input of the crash "
+        "rows is not Avro and is answered through the dead-letter topic.\n\n"
+        "*SSRF*: image URLs at loopback in every spelling, private and link-local literals, "
+        "and, outside loopback, real hosts made for the run: a network namespace joined by a "
+        "veth pair with addresses in 10/8, 172.16/12 and 192.168/16, written as literals and "
+        "as host names that resolve to them (the service child sees a hosts file of its own). "
+        "A listener on each counts connections: *guarded hits* must be 0; each target first "
+        "takes one connection from the harness itself, so it is live.\n\n"
+        f"*Image URLs hanging*: the same backlog of {args.hanging_inputs:,} products twice, "
+        f"all healthy, then 1 in {args.hanging_every} image URLs accepting and never answering "
+        f"(connect and read timeout {args.hanging_timeout_s:g} s, total twice that, 1 retry); "
+        "the hanging URLs on the photos' own server, or on a host of their own (127.0.0.2). "
+        "The healthy rate counts healthy outputs per second between the 10th and 90th "
+        "percentile arrivals; the target is at least 0.5x. *Max recovery* there is the "
+        "longest a hanging product waited for its IMAGE_UNAVAILABLE after its image's first "
+        "request.\n\n"
+        f"*Redis outage*: products at {args.redis_rate:g}/s whose images come from 50 URLs; "
+        f"{args.redis_before_s:g} s in, the service's Redis stops for {args.redis_outage_s:g} s "
+        "and comes back empty; products keep coming for "
+        f"{args.redis_after_s:g} s more. *Max recovery* there is from Redis's restart to "
+        "the first cache hit counted at `/metrics`.\n\n"
+        f"*Fuzz*: atheris (libFuzzer) for {args.fuzz_s:g} s on each entry point of outside "
+        "bytes (`bench/fuzz.py`): `decode_image`, and a Kafka value through "
+        "`SingleObjectCodec.decode`, `parse_product` and the enrichment encode; *inputs* are "
+        "executions, *lost* the inputs that raised anything but the project's typed errors "
+        "(or ran out of memory or time).\n\n"
+        f"*Soak*: the service for {args.soak_s:g} s at half its measured capacity "
+        "(`bench/soak.py`; 80 % cached images, 15 % fetched, 5 % 404): resident memory after "
+        "the warm-up (the first 20 %) against the end must grow less than 10 %, and open fds, "
+        "sockets and threads must not rise above their first half's maximum.\n\n"
+        "Also in `make test` (tests/reliability/, tests/service/): short versions of the rows "
+        "above; hostile images (bomb, truncated, bad CRC, CMYK, 16-bit, palette+alpha, animated "
+        "GIF, WebP, 1x1, 1x10000, EXIF-rotated), hostile records (not Avro, unknown "
+        "fingerprint, cut short, 10 MB title, 100 KB URL, file/ftp/gopher/data/credential "
+        "URLs), image-server faults (tests/service/fetch/) and SIGTERM drain.\n"
     )
 
 

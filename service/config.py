@@ -86,12 +86,23 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(
         default=2000, ge=1, description="Unacknowledged messages before the consumer pauses."
     )
-    fetch_concurrency: int = Field(default=64, ge=1, description="Concurrent image downloads.")
+    fetch_concurrency: int = Field(
+        default=256,
+        ge=1,
+        description="Concurrent image downloads. To hide latency it must cover rate x latency "
+        "(1,000 images/s at 250 ms per image needs 250).",
+    )
     fetch_per_host: int = Field(default=8, ge=1, description="Concurrent downloads per host.")
     connect_timeout_s: float = Field(default=5.0, gt=0, description="Connect timeout.")
     read_timeout_s: float = Field(default=10.0, gt=0, description="Timeout between reads.")
     total_timeout_s: float = Field(default=30.0, gt=0, description="Timeout of one attempt.")
     fetch_retries: int = Field(default=3, ge=0, description="Retries of a failed download.")
+    fetch_breaker_timeouts: int = Field(
+        default=8, ge=1, description="Timeouts in a row that open a host's circuit."
+    )
+    fetch_breaker_cooldown_s: float = Field(
+        default=10.0, ge=0, description="How long an open circuit fails a host's requests at once."
+    )
     max_image_bytes: int = Field(default=20 * 2**20, ge=1, description="Largest image body.")
     max_image_pixels: int = Field(
         default=50_000_000, ge=1, description="Largest image in pixels (decompression bombs)."
@@ -133,6 +144,8 @@ class Settings(BaseSettings):
             "total_timeout_s": self.total_timeout_s,
             "max_bytes": self.max_image_bytes,
             "retries": self.fetch_retries,
+            "breaker_timeouts": self.fetch_breaker_timeouts,
+            "breaker_cooldown_s": self.fetch_breaker_cooldown_s,
             "allowed_networks": tuple(self.allowed_network_list),
         }
         return FetchConfig(**{**values, **overrides})

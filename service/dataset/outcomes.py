@@ -40,6 +40,8 @@ _BY_KIND: Final = {
     "blocked_malformed": "invalid_url",
     "dns": "dns_failure",
     "timeout": "timeout",
+    # Failed at once because the host's last requests all timed out (its circuit is open).
+    "host_down": "timeout",
     "too_large": "too_large",
     "connection": "connection_error",
     "tls": "connection_error",

@@ -19,6 +19,12 @@ What each fetch keeps to:
 - The bytes are judged by their magic bytes (`sniff`), never by the Content-Type header.
 - At most `total_connections` open connections, and at most `per_host` requests in flight
   to one host, so one slow shop cannot take every connection.
+- A circuit breaker per host: after `breaker_timeouts` timeouts in a row with no answer in
+  between, the host's requests fail at once (`host_down`, not permanent) for
+  `breaker_cooldown_s`; then up to `per_host` requests probe it again, and any answer closes
+  the circuit. A host that accepts connections and never answers would otherwise keep its
+  `per_host` slots busy for whole timeouts while its queue (and, with outputs in source
+  order, every partition holding one of its products) waits behind them.
 """
 
 import asyncio
@@ -27,8 +33,8 @@ import dataclasses
 import email.utils
 import random
 import time
-from collections import Counter
-from collections.abc import AsyncIterator
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -42,7 +48,14 @@ from service.errors import ConfigError
 from service.fetch.guard import AddressGuard, BlockedAddressError, GuardedResolver, IPNetwork
 from service.fetch.sniff import SNIFF_BYTES, ImageType, looks_like_html, sniff_image_type
 
-__all__ = ["FetchConfig", "FetchOutcome", "FetchResult", "ImageFetcher", "parse_retry_after"]
+__all__ = [
+    "FetchConfig",
+    "FetchOutcome",
+    "FetchResult",
+    "HostBreaker",
+    "ImageFetcher",
+    "parse_retry_after",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -76,6 +89,10 @@ class FetchConfig:
     backoff_max_s: float = 5.0
     allowed_networks: tuple[str | IPNetwork, ...] = ()
     """Networks let through the address guard (e.g. an internal CDN, or 127.0.0.0/8 in tests)."""
+    breaker_timeouts: int = 8
+    """Timeouts in a row, with no answer from the host in between, that open its circuit."""
+    breaker_cooldown_s: float = 10.0
+    """How long an open circuit fails the host's requests at once before probing it again."""
     user_agent: str = "catalog-enrichment/0.1"
     dns_cache_ttl_s: int = 60
     """How long the connector keeps DNS answers (already filtered by the guard)."""
@@ -89,6 +106,7 @@ class FetchConfig:
             "read_timeout_s": self.read_timeout_s,
             "total_timeout_s": self.total_timeout_s,
             "max_bytes": self.max_bytes,
+            "breaker_timeouts": self.breaker_timeouts,
         }
         not_negative = {
             "max_redirects": self.max_redirects,
@@ -96,6 +114,7 @@ class FetchConfig:
             "backoff_base_s": self.backoff_base_s,
             "backoff_max_s": self.backoff_max_s,
             "dns_cache_ttl_s": self.dns_cache_ttl_s,
+            "breaker_cooldown_s": self.breaker_cooldown_s,
         }
         wrong = [f"{k}={v!r} (must be > 0)" for k, v in positive.items() if not v > 0]
         wrong += [f"{k}={v!r} (must be >= 0)" for k, v in not_negative.items() if not v >= 0]
@@ -212,6 +231,61 @@ class _HostLimiter:
                 del self._slots[host]
 
 
+class HostBreaker:
+    """Circuit breakers by host: ``threshold`` timeouts in a row open one for ``cooldown_s``.
+
+    While open, :meth:`refusal` gives the reason to fail a request at once. When the cool-down
+    ends, requests go through again; the next timeout (the count was never reset) opens it
+    again at once, and any answer from the host closes it. At most ``max_hosts`` hosts are
+    remembered (the least recently troubled are forgotten first).
+    """
+
+    def __init__(
+        self,
+        threshold: int,
+        cooldown_s: float,
+        *,
+        max_hosts: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.threshold = threshold
+        self.cooldown_s = cooldown_s
+        self.max_hosts = max_hosts
+        self.opened = 0
+        """How many times a circuit opened (for stats)."""
+        self._clock = clock
+        self._hosts: OrderedDict[str, tuple[int, float]] = OrderedDict()  # → (in a row, until)
+
+    def refusal(self, host: str) -> str | None:
+        """Why a request to ``host`` must fail now, or None when it may go."""
+        state = self._hosts.get(host)
+        if state is None or state[0] < self.threshold or self._clock() >= state[1]:
+            return None
+        return (
+            f"host not answering: {state[0]} timeouts in a row, circuit open for "
+            f"{self.cooldown_s:g} s"
+        )
+
+    def timed_out(self, host: str) -> None:
+        """Count a request to ``host`` that got no answer in time."""
+        count = self._hosts.pop(host, (0, 0.0))[0] + 1
+        until = 0.0
+        if count >= self.threshold:
+            until = self._clock() + self.cooldown_s
+            self.opened += 1
+            if count == self.threshold:
+                log.warning("host_circuit_open", host=host, timeouts=count,
+                            cooldown_s=self.cooldown_s)  # fmt: skip
+        self._hosts[host] = (count, until)
+        while len(self._hosts) > self.max_hosts:
+            self._hosts.popitem(last=False)
+
+    def answered(self, host: str) -> None:
+        """``host`` answered: its count starts again (closing an open circuit)."""
+        if self._hosts.pop(host, None) is not None:
+            log.info("host_circuit_closed", host=host)
+
+
 class ImageFetcher:
     """Fetches images with one shared aiohttp session; use it as an async context manager.
 
@@ -225,6 +299,7 @@ class ImageFetcher:
         self.guard = AddressGuard(self.config.allowed_networks)
         self.stats: Counter[str] = Counter()
         self._limiter = _HostLimiter(self.config.per_host)
+        self.breaker = HostBreaker(self.config.breaker_timeouts, self.config.breaker_cooldown_s)
         self._random = random.Random()
         self._session: aiohttp.ClientSession | None = None
 
@@ -365,19 +440,25 @@ class ImageFetcher:
         """Request `url` once: the end of the attempt, or the URL a redirect points to."""
         if self._session is None:
             raise RuntimeError("ImageFetcher is not open: use it as `async with ImageFetcher()`")
-        host = url.host or ""
+        host = (url.host or "").lower()
+        refusal = self.breaker.refusal(host)
+        if refusal is not None:
+            return _unavailable("host_down", url, refusal, permanent=False)
         try:
-            async with (
-                self._limiter.hold(host.lower()),
-                self._session.get(url, allow_redirects=False) as response,
-            ):
-                if response.status in _REDIRECTS:
-                    return self._redirect_target(url, response)
-                return await self._read(url, response)
+            async with self._limiter.hold(host):
+                refusal = self.breaker.refusal(host)  # it may have opened while we waited
+                if refusal is not None:
+                    return _unavailable("host_down", url, refusal, permanent=False)
+                async with self._session.get(url, allow_redirects=False) as response:
+                    self.breaker.answered(host)
+                    if response.status in _REDIRECTS:
+                        return self._redirect_target(url, response)
+                    return await self._read(url, response)
         except BlockedAddressError as exc:
             log.warning("address_blocked", url=str(url), reason=str(exc))
             return _unavailable(f"blocked_{exc.address_class}", url, str(exc), permanent=True)
         except TimeoutError as exc:
+            self.breaker.timed_out(host)
             if isinstance(exc, aiohttp.ConnectionTimeoutError):
                 return _retry("timeout", url, "connect timed out")
             if isinstance(exc, aiohttp.SocketTimeoutError):

@@ -1,7 +1,9 @@
 """decode_image: any image becomes the same (size, size, 3) uint8 RGB, or a clear error."""
 
+import base64
 import io
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -134,6 +136,28 @@ class TestDecodeImage:
         data[idat + 8] ^= 0xFF
         with pytest.raises(InvalidImageError, match="corrupt"):
             decode_image(bytes(data), 8)
+
+    def test_a_gif_frame_larger_than_its_screen_is_refused_before_allocation(self) -> None:
+        """A 119-byte GIF whose first frame declares 65,496 x 60,280 pixels is refused at once."""
+        # Found by `make fuzz` (bench/fuzz.py): with Pillow's own check off, opening it allocated
+        # about 3.8 GB before decode_image's size check ran.
+        data = base64.b64decode(
+            "R0lGODlhKAAoAIAAAAAAAAAAACH5GgoABAAPAIAAYSgAKACAWwEAAAAAAAAAAAAAAAAAACH5BAAPAAAALAAAAADY"
+            "/3jrsUqcI0VORK5CYILcyLGjx49DIIocSbKkyZMoU6pcybKly5cwY8qcSbOmzZs4CQYEADs="
+        )
+        began = time.monotonic()
+        with pytest.raises(InvalidImageError, match="exceeds the limit"):
+            decode_image(data, 32)
+        assert time.monotonic() - began < 1.0
+
+    def test_a_limit_above_the_default_is_honoured(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A caller's limit above the default lets a larger image through Pillow's own check."""
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+        header = _png_header_only(10_000, 10_000)  # 100 M pixels, no pixel data
+        with pytest.raises(InvalidImageError, match="exceeds the limit"):
+            decode_image(header, 8)
+        with pytest.raises(InvalidImageError, match="corrupt"):  # opened; the data is missing
+            decode_image(header, 8, max_pixels=200_000_000)
 
     def test_pixel_limit_is_configurable(self) -> None:
         """An image over a caller's smaller pixel limit is refused."""

@@ -7,9 +7,13 @@ longest recovery time.
 
 from __future__ import annotations
 
+import ctypes
+import datetime as dt
+import ipaddress
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -61,6 +65,8 @@ class OutputWatcher:
         self._consumer.subscribe(topics)
         self.sources: list[tuple[int, int]] = []
         self.arrivals: list[float] = []
+        self.records: list[dict[str, Any] | None] = []
+        """The decoded enrichment of each output (None for a dead-letter record)."""
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -72,6 +78,7 @@ class OutputWatcher:
             if message is None or message.error() or message.value() is None:
                 continue
             headers = dict(message.headers() or [])
+            record: dict[str, Any] | None = None
             if "dlq.source.partition" in headers:
                 source = (
                     int(headers["dlq.source.partition"]),
@@ -83,6 +90,7 @@ class OutputWatcher:
             with self._lock:
                 self.sources.append(source)
                 self.arrivals.append(time.monotonic())
+                self.records.append(record)
 
     def count(self) -> int:
         with self._lock:
@@ -91,6 +99,11 @@ class OutputWatcher:
     def unique(self) -> int:
         with self._lock:
             return len(set(self.sources))
+
+    def outputs(self) -> list[tuple[float, dict[str, Any] | None]]:
+        """(arrival, decoded enrichment or None for dead letters) of every output so far."""
+        with self._lock:
+            return list(zip(self.arrivals, self.records, strict=True))
 
     def first_after(self, moment: float) -> float | None:
         with self._lock:
@@ -103,13 +116,20 @@ class OutputWatcher:
         self._consumer.close()
 
 
-def serve_process(env: dict[str, str]) -> subprocess.Popen[bytes]:
+def serve_process(env: dict[str, str], hosts: Path | None = None) -> subprocess.Popen[bytes]:
     """`enrich serve` as a child process; its stderr goes to a temporary file (a pipe nobody
-    reads would fill up with librdkafka's connection errors during an outage and block it)."""
+    reads would fill up with librdkafka's connection errors during an outage and block it).
+
+    With ``hosts``, the child runs in a mount namespace of its own where that file is
+    /etc/hosts (`unshare -m`, root only): names resolve as the file says for it alone.
+    """
     log = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the process object)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve"], env=env, stdout=log, stderr=log
-    )
+    command = [sys.executable, "-m", "service.cli", "serve"]
+    if hosts is not None:
+        script = 'mount --bind "$0" /etc/hosts && exec "$@"'
+        command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+                   str(hosts), *command]  # fmt: skip
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
     process.log = log  # type: ignore[attr-defined]
     return process
 
@@ -217,25 +237,45 @@ def crash_scenario(
 
 
 class CountingListener:
-    """A TCP listener on 127.0.0.1 that counts connections (a guarded target must get 0)."""
+    """A TCP listener that counts connections (a guarded target must get 0).
 
-    def __init__(self) -> None:
-        import socket
+    It listens on ``host``:``port`` (127.0.0.1 and a free port by default); with ``netns``
+    (a name under /run/netns) its socket is made inside that network namespace: the thread
+    that accepts switches into it first (``setns`` acts on the calling thread only).
+    """
 
-        self._socket = socket.socket()
-        self._socket.bind(("127.0.0.1", 0))
-        self._socket.listen(64)
-        self._socket.settimeout(0.2)
-        self.port = int(self._socket.getsockname()[1])
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, netns: str | None = None) -> None:
         self.hits = 0
+        self.port = port
+        self._socket: socket.socket | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._bound = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(host, port, netns), daemon=True)
         self._thread.start()
+        self._bound.wait(10)
+        if self._error is not None or self._socket is None:
+            raise RuntimeError(f"counting listener on {host}:{port} failed: {self._error}")
 
-    def _run(self) -> None:
+    def _run(self, host: str, port: int, netns: str | None) -> None:
+        try:
+            if netns is not None:
+                _enter_netns(netns)
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(64)
+            sock.settimeout(0.2)
+            self.port = int(sock.getsockname()[1])
+            self._socket = sock
+        except BaseException as exc:
+            self._error = exc
+            return
+        finally:
+            self._bound.set()
         while not self._stop.is_set():
             try:
-                connection, _ = self._socket.accept()
+                connection, _ = sock.accept()
             except OSError:
                 continue
             self.hits += 1
@@ -244,12 +284,166 @@ class CountingListener:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(2)
-        self._socket.close()
+        if self._socket is not None:
+            self._socket.close()
 
 
-def ssrf_urls(port: int) -> dict[str, str]:
-    """URLs aimed at guarded addresses; the loopback ones would reach the counting listener."""
-    return {
+def _probe(listener: CountingListener, targets: list[tuple[str, int]]) -> int:
+    """Connect once to each target; how many of the connections ``listener`` counted.
+
+    The proof that guarded targets are real: a connection from here lands (the guarded
+    service must then add none).
+    """
+    before = listener.hits
+    for target in targets:
+        socket.create_connection(target, timeout=5).close()
+    deadline = time.monotonic() + 5
+    while listener.hits < before + len(targets) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return listener.hits - before
+
+
+def probe_targets(listener: CountingListener, network: PrivateNetwork | None) -> tuple[int, int]:
+    """Connect once to the loopback ``listener`` and to every address of ``network``:
+    (connections that landed, connections made)."""
+    landed = _probe(listener, [("127.0.0.1", listener.port)])
+    if network is None:
+        return landed, 1
+    return landed + network.probe(), 1 + len(network.addresses)
+
+
+def _enter_netns(name: str) -> None:
+    """Move the calling thread into network namespace ``name`` (Python 3.11 has no os.setns)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"setns into {name}: {os.strerror(error)}")
+    finally:
+        os.close(fd)
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+def _ip(*args: str) -> None:
+    """Run `ip ARGS...`; a failure raises with what ip said."""
+    done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip() or done.returncode}")
+
+
+class NetnsUnavailableError(RuntimeError):
+    """``ip netns add`` was refused (not root, or no network namespaces here)."""
+
+
+class PrivateNetwork:
+    """Private addresses that are not loopback, each a real host a request could reach.
+
+    A network namespace joined to this one by a veth pair: 10.213.N.1/30 on this side,
+    10.213.N.2 inside, plus 172.29.N.2 and 192.168.N.2 on the namespace's loopback, routed
+    from here through the pair (N is a /30 nobody on this machine uses yet). A
+    :class:`CountingListener` on port 80 inside the namespace answers on every one of them.
+    :meth:`close` removes the namespace, the pair and the routes. Needs root: :meth:`start`
+    raises `NetnsUnavailableError` when ``ip netns add`` is refused.
+    """
+
+    def __init__(self) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.name = f"enrich-ssrf-{tag}"
+        self._outer = f"eo{tag}"  # interface names: at most 15 characters
+        self._inner = f"ei{tag}"
+        self.addresses: dict[str, str] = {}
+        self.listener: CountingListener | None = None
+        self._created = False
+        self._routes: list[str] = []
+
+    def start(self) -> PrivateNetwork:
+        """Create the namespace, the pair, the addresses, the routes and the listener.
+
+        Raises `NetnsUnavailableError` when this machine refuses ``ip netns add``.
+        """
+        try:
+            _ip("netns", "add", self.name)
+        except (OSError, RuntimeError) as exc:
+            raise NetnsUnavailableError(str(exc)) from exc
+        self._created = True
+        try:
+            n = self._free_slot()
+            self.addresses = {
+                "ten": f"10.213.{n}.2",
+                "one-seven-two": f"172.29.{n}.2",
+                "one-nine-two": f"192.168.{n}.2",
+            }
+            ns = ("-n", self.name)
+            _ip("link", "add", self._outer, "type", "veth", "peer", "name", self._inner)
+            _ip("link", "set", self._inner, "netns", self.name)
+            _ip("addr", "add", f"10.213.{n}.1/30", "dev", self._outer)
+            _ip("link", "set", self._outer, "up")
+            _ip(*ns, "addr", "add", f"10.213.{n}.2/30", "dev", self._inner)
+            _ip(*ns, "link", "set", self._inner, "up")
+            _ip(*ns, "link", "set", "lo", "up")
+            for address in (self.addresses["one-seven-two"], self.addresses["one-nine-two"]):
+                _ip(*ns, "addr", "add", f"{address}/32", "dev", "lo")
+                _ip("route", "add", f"{address}/32", "via", self.addresses["ten"])
+                self._routes.append(f"{address}/32")
+            _ip(*ns, "route", "add", "default", "via", f"10.213.{n}.1")
+            self.listener = CountingListener("0.0.0.0", 80, netns=self.name)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    @staticmethod
+    def _free_slot() -> int:
+        """A third octet N such that nothing here uses 10.213.N.0/30, 172.29.N/24, 192.168.N/24."""
+        used = subprocess.run(
+            ["ip", "-o", "-4", "addr"], capture_output=True, text=True, check=True
+        ).stdout
+        used += subprocess.run(
+            ["ip", "-4", "route"], capture_output=True, text=True, check=True
+        ).stdout
+        slots = list(range(1, 255))
+        random.shuffle(slots)
+        for n in slots:
+            if not any(f"{p}.{n}." in used for p in ("10.213", "172.29", "192.168")):
+                return n
+        raise RuntimeError("no free 10.213.N.0/30 left on this machine")
+
+    def probe(self) -> int:
+        """Connect once to port 80 of every address from this side; how many landed."""
+        assert self.listener is not None
+        return _probe(self.listener, [(address, 80) for address in self.addresses.values()])
+
+    @property
+    def hits(self) -> int:
+        """Connections the listener inside the namespace has accepted."""
+        return self.listener.hits if self.listener is not None else 0
+
+    def close(self) -> None:
+        """Remove the listener, the routes, the pair and the namespace (errors are ignored)."""
+        if self.listener is not None:
+            self.listener.close()
+        for route in self._routes:
+            subprocess.run(["ip", "route", "del", route], capture_output=True, check=False)
+        self._routes = []
+        subprocess.run(["ip", "link", "del", self._outer], capture_output=True, check=False)
+        if self._created:
+            subprocess.run(["ip", "netns", "del", self.name], capture_output=True, check=False)
+            self._created = False
+
+    def __enter__(self) -> PrivateNetwork:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def ssrf_urls(port: int, network: PrivateNetwork | None = None) -> dict[str, str]:
+    """URLs aimed at guarded addresses; the loopback ones would reach the counting listener on
+    ``port``, and with ``network`` the private ones would reach its listener (literal IPs)."""
+    urls = {
         "loopback": f"http://127.0.0.1:{port}/a.jpg",
         "localhost-name": f"http://localhost:{port}/a.jpg",
         "decimal": f"http://2130706433:{port}/a.jpg",
@@ -263,12 +457,48 @@ def ssrf_urls(port: int) -> dict[str, str]:
         "one-nine-two": "http://192.168.1.1/a.jpg",
         "metadata": "http://169.254.169.254/latest/meta-data/",
     }
+    if network is not None:
+        for name, address in network.addresses.items():
+            urls[f"netns-{name}"] = f"http://{address}/a.jpg"
+        ten = ipaddress.IPv4Address(network.addresses["ten"])
+        urls["netns-ten-decimal"] = f"http://{int(ten)}/a.jpg"
+        urls["netns-ten-mapped-v6"] = f"http://[::ffff:{ten}]/a.jpg"
+        urls["netns-ten-port"] = f"http://{ten}:80/a.jpg"
+    return urls
+
+
+def ssrf_name_urls(port: int, network: PrivateNetwork) -> tuple[dict[str, str], str]:
+    """URLs whose host is a name that resolves to a guarded address, and the hosts file that
+    makes them resolve so (for a serve child that sees it as /etc/hosts, see `serve_process`).
+
+    The names go to the loopback listener on ``port`` and to the private addresses of
+    ``network``, one of them to two private addresses at once.
+    """
+    ten, one_seven_two, one_nine_two = (
+        network.addresses[k] for k in ("ten", "one-seven-two", "one-nine-two")
+    )
+    entries = [
+        ("127.0.0.1", "localhost"),
+        ("::1", "localhost"),
+        ("127.0.0.1", "loop.ssrf.test"),
+        (ten, "ten.ssrf.test"),
+        (one_seven_two, "one-seven-two.ssrf.test"),
+        (one_nine_two, "one-nine-two.ssrf.test"),
+        (ten, "both.ssrf.test"),
+        (one_nine_two, "both.ssrf.test"),
+    ]
+    urls = {
+        "name-loopback": f"http://loop.ssrf.test:{port}/a.jpg",
+        "name-ten": "http://ten.ssrf.test/a.jpg",
+        "name-one-seven-two": "http://one-seven-two.ssrf.test/a.jpg",
+        "name-one-nine-two": "http://one-nine-two.ssrf.test/a.jpg",
+        "name-two-private": "http://both.ssrf.test/a.jpg",
+    }
+    return urls, "".join(f"{address} {name}\n" for address, name in entries)
 
 
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -384,3 +614,496 @@ def broker_outage_scenario(
         max_recovery_s=round(recovery, 2),
     )
     return row, readiness
+
+
+# -- helpers of the scenarios below ---------------------------------------------------------
+
+PRODUCT = SingleObjectCodec.for_schema("product")
+
+
+def product_value(product_id: str, url: str) -> bytes:
+    """A `Product` record (single-object encoding) with just an id and an image URL."""
+    return PRODUCT.encode(
+        {
+            "product_id": product_id,
+            "partner_id": "chaos",
+            "title": None,
+            "description": None,
+            "image_url": url,
+            "additional_image_urls": [],
+            "partner_category": None,
+            "updated_at": dt.datetime.now(tz=dt.UTC),
+        }
+    )
+
+
+def produce(bootstrap: str, topic: str, items: list[tuple[str, bytes]]) -> None:
+    """Produce (key, value) pairs to ``topic`` and wait until the broker has them all."""
+    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    for n, (key, value) in enumerate(items):
+        producer.produce(topic, key=key.encode(), value=value)
+        if n % 5000 == 0:
+            producer.poll(0)
+    left = producer.flush(120)
+    if left:
+        raise RuntimeError(f"{left} products were not delivered to {topic}")
+
+
+def _await_outputs(
+    watcher: OutputWatcher, count: int, process: subprocess.Popen[bytes], deadline: float
+) -> None:
+    """Wait until ``count`` distinct inputs are answered; a child that exits early raises."""
+    while watcher.unique() < count and time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"serve exited with {process.returncode}: {process_log(process)}")
+        time.sleep(0.05)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the child and wait for it; kill it if it does not go within 60 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+# -- SSRF -------------------------------------------------------------------------------------
+
+
+@dataclass
+class SsrfResult:
+    """The SSRF scenario's row, what each product got, and the proof its targets were real."""
+
+    row: Row
+    answers: dict[str, tuple[str, str | None]]
+    """product id (the target's name) → (status, error) of its enrichment."""
+    urls: dict[str, str]
+    probed: int
+    """Connections the scenario made itself first, one to the loopback listener and one to
+    each namespace address ..."""
+    probe_hits: int
+    """... and how many of them landed: all, or the targets were not live."""
+
+
+def ssrf_scenario(
+    *,
+    bootstrap: str,
+    topics: dict[str, str],
+    model_dir: Path,
+    work: Path,
+    network: PrivateNetwork | None,
+    timeout_s: float = 120.0,
+) -> SsrfResult:
+    """Send products whose images point at guarded targets through a serve child.
+
+    Targets: loopback in every spelling (a counting listener on 127.0.0.1), private and
+    link-local literals; with ``network``, its non-loopback private addresses as literals and
+    as host names that resolve to them (the child sees a hosts file of its own). Guarded hits
+    are the connections the listeners got while the service ran: it must be 0.
+    """
+    listener = CountingListener()
+    process: subprocess.Popen[bytes] | None = None
+    watcher: OutputWatcher | None = None
+    try:
+        urls = ssrf_urls(listener.port, network)
+        hosts = None
+        if network is not None:
+            names, text = ssrf_name_urls(listener.port, network)
+            urls.update(names)
+            hosts = work / f"hosts-{uuid.uuid4().hex[:6]}"
+            hosts.write_text(text)
+        probe_hits, probed = probe_targets(listener, network)
+        before = listener.hits + (network.hits if network is not None else 0)
+        produce(bootstrap, topics["input"], [(n, product_value(n, u)) for n, u in urls.items()])
+        env = service_env(
+            bootstrap, topics, model_dir, f"ssrf-{uuid.uuid4().hex[:6]}", ENRICH_ALLOWED_NETWORKS=""
+        )
+        watcher = OutputWatcher(bootstrap, [topics["output"], topics["dlq"]])
+        process = serve_process(env, hosts)
+        _await_outputs(watcher, len(urls), process, time.monotonic() + timeout_s)
+        time.sleep(1.0)  # a late connection attempt or duplicate would land now
+    finally:
+        if process is not None:
+            _stop(process)
+        if watcher is not None:
+            watcher.close()
+        listener.close()
+    hits = listener.hits + (network.hits if network is not None else 0) - before
+    answers = {r["product_id"]: (r["status"], r["error"]) for _, r in watcher.outputs() if r}
+    outside = sum(1 for name in urls if name.startswith(("netns-", "name-")))
+    row = Row(
+        scenario=f"SSRF ({len(urls)} guarded targets, {outside} via netns addresses or names)",
+        runs=1,
+        inputs=len(urls),
+        outputs=watcher.count(),
+        lost=len(urls) - watcher.unique(),
+        duplicates=watcher.count() - watcher.unique(),
+        guarded_hits=hits,
+        max_recovery_s=0.0,
+    )
+    return SsrfResult(row, answers, urls, probed, probe_hits)
+
+
+# -- image URLs that hang ---------------------------------------------------------------------
+
+
+@dataclass
+class FlowRun:
+    """One run of the hanging-images scenario."""
+
+    inputs: int
+    outputs: int
+    lost: int
+    duplicates: int
+    healthy: int
+    """Outputs of products whose image URL answers."""
+    healthy_per_s: float
+    """Healthy outputs per second in the run's steady part: between the arrivals of the 10th
+    and the 90th percentile healthy output (start-up, and the tail a last hanging product
+    holds back in its partition, are latency, not throughput)."""
+    seconds: float
+    """From the run's first output to its last."""
+    statuses: dict[str, str]
+    """product id → status, for the hanging products."""
+    healthy_statuses: dict[str, int]
+    """status → count, for the healthy products."""
+    answer_s: dict[str, float]
+    """hanging product id → seconds from its image's first request to its record's
+    ``processed_at``."""
+    requests: dict[str, int]
+    """hanging product id → requests its image URL got."""
+
+
+def flow_run(
+    *,
+    bootstrap: str,
+    topics: dict[str, str],
+    model_dir: Path,
+    server: Any,
+    photos: list[str],
+    inputs: int,
+    hanging_every: int,
+    env_extra: dict[str, str],
+    hang_server: Any = None,
+    timeout_s: float = 300.0,
+) -> FlowRun:
+    """A backlog of ``inputs`` products, every ``hanging_every``-th (0: none) with an image URL
+    that accepts and never answers, on ``hang_server`` (default ``server``, both
+    `tests.support.image_server.ImageServer`), the rest real photos on ``server``, served by
+    one serve child under ``env_extra``."""
+    from tests.support.image_server import Behaviour
+
+    hang_server = hang_server or server
+
+    tag = uuid.uuid4().hex[:6]
+    items: list[tuple[str, bytes]] = []
+    hanging: dict[str, str] = {}  # product id → path on the server
+    for i in range(inputs):
+        product_id = f"h{tag}-{i}"
+        if hanging_every and i % hanging_every == hanging_every // 2:
+            url = hang_server.script(f"hang-{tag}-{i}", Behaviour(hang=True))
+            hanging[product_id] = f"/scripted/hang-{tag}-{i}"
+        else:
+            url = f"{server.url_for(photos[i % len(photos)])}?h={tag}-{i}"
+        items.append((product_id, product_value(product_id, url)))
+    produce(bootstrap, topics["input"], items)
+    env = service_env(bootstrap, topics, model_dir, f"hang-{tag}", **env_extra)
+    watcher = OutputWatcher(bootstrap, [topics["output"], topics["dlq"]])
+    process = serve_process(env)
+    try:
+        _await_outputs(watcher, inputs, process, time.monotonic() + timeout_s)
+        time.sleep(1.0)  # late duplicates would arrive now
+    finally:
+        _stop(process)
+        watcher.close()
+    outputs = watcher.outputs()
+    first = min((t for t, _ in outputs), default=0.0)
+    healthy_times = sorted(
+        t for t, r in outputs if r is not None and r["product_id"] not in hanging
+    )
+    statuses: dict[str, str] = {}
+    healthy_statuses: dict[str, int] = {}
+    answer_s: dict[str, float] = {}
+    for _, record in outputs:
+        if record is None:
+            continue
+        product_id = record["product_id"]
+        if product_id in hanging:
+            statuses[product_id] = record["status"]
+            asked = hang_server.first_hit_at.get(hanging[product_id])
+            if asked is not None:
+                answer_s[product_id] = record["processed_at"].timestamp() - asked
+        else:
+            healthy_statuses[record["status"]] = healthy_statuses.get(record["status"], 0) + 1
+    return FlowRun(
+        inputs=inputs,
+        outputs=watcher.count(),
+        lost=inputs - watcher.unique(),
+        duplicates=watcher.count() - watcher.unique(),
+        healthy=len(healthy_times),
+        healthy_per_s=_steady_rate(healthy_times),
+        seconds=max((t for t, _ in outputs), default=first) - first,
+        statuses=statuses,
+        healthy_statuses=healthy_statuses,
+        answer_s=answer_s,
+        requests={p: hang_server.hits[path] for p, path in hanging.items()},
+    )
+
+
+def _steady_rate(times: list[float]) -> float:
+    """Events per second between the 10th and the 90th percentile of sorted ``times``."""
+    if len(times) < 10:
+        return 0.0
+    low, high = len(times) // 10, len(times) * 9 // 10
+    span = times[high] - times[low]
+    return (high - low) / span if span > 0 else float("inf")
+
+
+def hanging_scenario(
+    *,
+    bootstrap: str,
+    make_topics: Any,
+    model_dir: Path,
+    server: Any,
+    photos: list[str],
+    inputs: int,
+    hanging_every: int = 10,
+    env_extra: dict[str, str] | None = None,
+    hang_server: Any = None,
+    timeout_s: float = 600.0,
+) -> tuple[Row, FlowRun, FlowRun]:
+    """The same backlog twice under the same settings: all healthy, then every
+    ``hanging_every``-th image URL hanging. ``make_topics(name)`` gives fresh topics.
+
+    The row's max recovery is the longest a hanging product waited for its answer (from its
+    image's first request); the scenario's name carries the healthy throughput ratio.
+    """
+    extra = env_extra or {}
+    baseline, hanging = (
+        flow_run(
+            bootstrap=bootstrap,
+            topics=make_topics("hang" if every else "flow"),
+            model_dir=model_dir,
+            server=server,
+            photos=photos,
+            inputs=inputs,
+            hanging_every=every,
+            env_extra=extra,
+            hang_server=hang_server,
+            timeout_s=timeout_s,
+        )
+        for every in (0, hanging_every)
+    )
+    ratio = hanging.healthy_per_s / baseline.healthy_per_s if baseline.healthy_per_s else 0.0
+    row = Row(
+        scenario=f"image URLs hanging (1 in {hanging_every}): healthy rate {ratio:.2f}x normal",
+        runs=2,
+        inputs=baseline.inputs + hanging.inputs,
+        outputs=baseline.outputs + hanging.outputs,
+        lost=baseline.lost + hanging.lost,
+        duplicates=baseline.duplicates + hanging.duplicates,
+        guarded_hits=0,
+        max_recovery_s=round(max(hanging.answer_s.values(), default=0.0), 2),
+    )
+    return row, baseline, hanging
+
+
+# -- Redis outage -----------------------------------------------------------------------------
+
+
+class PrivateRedis:
+    """A Redis of the scenario's own (deploy/local/redis.sh on a free port, no persistence), so
+    it can be stopped and started again without disturbing anyone else's."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.port = free_port()
+        self.env = {
+            **{k: v for k, v in os.environ.items() if k != "REDIS_URL"},
+            "REDIS_PORT": str(self.port),
+            "ENRICH_RUN_DIR": str(run_dir),
+        }
+        self.script = Path(__file__).resolve().parents[2] / "deploy" / "local" / "redis.sh"
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def _run(self, action: str) -> None:
+        subprocess.run([str(self.script), action], env=self.env, check=True, capture_output=True)
+
+    def start(self) -> None:
+        self._run("start")
+
+    def stop(self) -> None:
+        self._run("stop")
+
+    def keys(self) -> int:
+        """How many keys it holds now."""
+        import redis
+
+        client = redis.Redis.from_url(self.url, socket_timeout=2)
+        try:
+            return int(client.dbsize())
+        finally:
+            client.close()
+
+
+def cache_counts(port: int) -> dict[str, float] | None:
+    """The service's ``enrich_cache_total`` by result label, from /metrics; None if it does not
+    answer."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith('enrich_cache_total{result="'):
+            label, _, value = line[len('enrich_cache_total{result="') :].partition('"} ')
+            counts[label] = float(value)
+    return counts
+
+
+@dataclass
+class RedisOutage:
+    """What the Redis outage scenario saw, besides its row."""
+
+    produced_during: int
+    """Products produced while Redis was down."""
+    answered_during: int
+    """Outputs that arrived while Redis was down."""
+    counts_at_stop: dict[str, float]
+    counts_at_start: dict[str, float]
+    counts_at_end: dict[str, float]
+    """``enrich_cache_total`` by result when Redis stopped, when it started, at the end."""
+    from_cache_after: int
+    """Outputs after the restart whose image came from the cache."""
+    keys_after: int
+    """Keys in Redis at the end (it restarts empty)."""
+    first_hit_after_s: float | None
+    """From the restart to the first cache hit counted at /metrics."""
+    statuses: dict[str, int]
+
+
+def redis_outage_scenario(
+    *,
+    bootstrap: str,
+    topics: dict[str, str],
+    model_dir: Path,
+    server: Any,
+    photos: list[str],
+    redis: PrivateRedis,
+    rate: float,
+    before_s: float,
+    outage_s: float,
+    after_s: float,
+    distinct: int = 50,
+    timeout_s: float = 300.0,
+) -> tuple[Row, RedisOutage]:
+    """Products flow at ``rate`` per second, their images from ``distinct`` URLs (so most are
+    cache hits); ``before_s`` after the first output Redis stops for ``outage_s`` and starts
+    again (empty); products keep coming for ``after_s`` more. ``redis`` must be running.
+
+    The row's max recovery is from Redis's restart to the first cache hit seen at /metrics.
+    """
+    http_port = free_port()
+    env = service_env(bootstrap, topics, model_dir, f"redis-{uuid.uuid4().hex[:6]}",
+                      ENRICH_METRICS_PORT=str(http_port), ENRICH_REDIS_URL=redis.url)  # fmt: skip
+    urls = [server.url_for(photos[i % len(photos)]) for i in range(distinct)]
+    produced: list[float] = []
+    stop_producing = threading.Event()
+
+    def feed() -> None:
+        producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+        began = time.monotonic()
+        while not stop_producing.is_set():
+            i = len(produced)
+            due = began + i / rate
+            if time.monotonic() < due:
+                time.sleep(min(0.05, due - time.monotonic()))
+                continue
+            producer.produce(topics["input"], key=f"r{i}".encode(),
+                             value=product_value(f"r{i}", urls[i % distinct]))  # fmt: skip
+            producer.poll(0)
+            produced.append(time.monotonic())
+        producer.flush(30)
+
+    watcher = OutputWatcher(bootstrap, [topics["output"], topics["dlq"]])
+    process = serve_process(env)
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    samples: list[tuple[float, dict[str, float]]] = []
+    deadline = time.monotonic() + timeout_s
+
+    def wait(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if process.poll() is not None:
+                raise RuntimeError(f"serve exited: {process_log(process)}")
+            counts = cache_counts(http_port)
+            if counts is not None:
+                samples.append((time.monotonic(), counts))
+            time.sleep(0.25)
+
+    def latest() -> dict[str, float]:
+        return dict(samples[-1][1]) if samples else {}
+
+    try:
+        while watcher.count() == 0 and time.monotonic() < deadline:
+            wait(0.1)
+        wait(before_s)
+        counts_at_stop = latest()
+        redis.stop()
+        stopped_at = time.monotonic()
+        wait(outage_s)
+        redis.start()
+        started_at = time.monotonic()
+        counts_at_start = latest()
+        wait(after_s)
+        stop_producing.set()
+        feeder.join(60)
+        _await_outputs(watcher, len(produced), process, deadline)
+        wait(0.5)
+        keys_after = redis.keys()
+    finally:
+        stop_producing.set()
+        _stop(process)
+        watcher.close()
+    counts_at_end = latest()
+    hit_at_start = counts_at_start.get("hit", 0.0)
+    first_hit = next((t for t, c in samples if t > started_at and c.get("hit", 0.0) > hit_at_start),
+                     None)  # fmt: skip
+    outputs = watcher.outputs()
+    statuses: dict[str, int] = {}
+    for _, record in outputs:
+        if record is not None:
+            statuses[record["status"]] = statuses.get(record["status"], 0) + 1
+    details = RedisOutage(
+        produced_during=sum(1 for t in produced if stopped_at <= t < started_at),
+        answered_during=sum(1 for t, _ in outputs if stopped_at <= t < started_at),
+        counts_at_stop=counts_at_stop,
+        counts_at_start=counts_at_start,
+        counts_at_end=counts_at_end,
+        from_cache_after=sum(
+            1 for t, r in outputs if t > started_at and r and (r["image"] or {}).get("from_cache")
+        ),
+        keys_after=keys_after,
+        first_hit_after_s=None if first_hit is None else round(first_hit - started_at, 2),
+        statuses=statuses,
+    )
+    inputs = len(produced)
+    row = Row(
+        scenario=f"Redis outage ({outage_s:.0f} s)",
+        runs=1,
+        inputs=inputs,
+        outputs=watcher.count(),
+        lost=inputs - watcher.unique(),
+        duplicates=watcher.count() - watcher.unique(),
+        guarded_hits=0,
+        max_recovery_s=(
+            float("inf") if details.first_hit_after_s is None else details.first_hit_after_s
+        ),
+    )
+    return row, details

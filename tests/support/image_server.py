@@ -8,6 +8,7 @@ timeouts, resets, redirects and bodies that never end. Every request is counted 
 
 import asyncio
 import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,16 +42,20 @@ class Behaviour:
 
 
 class ImageServer:
-    """The server; `start()` binds a free port, `stop()` closes it."""
+    """The server; `start()` binds a free port on `host` (any loopback address), `stop()`
+    closes it."""
 
-    def __init__(self, root: Path, latency_s: float = 0.0) -> None:
+    def __init__(self, root: Path, latency_s: float = 0.0, host: str = "127.0.0.1") -> None:
         self.root = root
         self.latency_s = latency_s
+        self.host = host
         self.hits: Counter[str] = Counter()
         self.in_flight: Counter[str] = Counter()
         """Requests being answered right now, per path."""
         self.max_in_flight: Counter[str] = Counter()
         """The most requests ever answered at once, per path."""
+        self.first_hit_at: dict[str, float] = {}
+        """When (``time.time()``) the first request for each path arrived."""
         self._scripts: dict[str, list[Behaviour]] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -59,8 +64,8 @@ class ImageServer:
 
     @property
     def base_url(self) -> str:
-        """`http://127.0.0.1:PORT`."""
-        return f"http://127.0.0.1:{self.port}"
+        """`http://HOST:PORT`."""
+        return f"http://{self.host}:{self.port}"
 
     def url_for(self, relative: str | Path) -> str:
         """The URL that serves file `relative` (below the root) as it is."""
@@ -74,7 +79,7 @@ class ImageServer:
         return f"{self.base_url}/scripted/{name}"
 
     def start(self) -> "ImageServer":
-        """Bind 127.0.0.1 on a free port and serve from the background thread."""
+        """Bind `host` on a free port and serve from the background thread."""
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
         return self
@@ -92,7 +97,7 @@ class ImageServer:
         app.router.add_get("/scripted/{name}", self._serve_script)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, self.host, 0)
         await site.start()
         server = site._server
         if server is None or not server.sockets:
@@ -102,6 +107,7 @@ class ImageServer:
     @web.middleware
     async def _count_in_flight(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
+        self.first_hit_at.setdefault(path, time.time())
         self.in_flight[path] += 1
         self.max_in_flight[path] = max(self.max_in_flight[path], self.in_flight[path])
         try:

@@ -233,6 +233,42 @@ class TestFetch:
             image_server.max_in_flight["/scripted/slow"],
         )
 
+    def test_a_hanging_host_is_cut_off_by_its_circuit(self, image_server: ImageServer) -> None:
+        """After breaker_timeouts timeouts in a row the host's other fetches fail at once."""
+        url = image_server.script("hang", Behaviour(hang=True))
+        started = time.monotonic()
+        results, stats = _fetch_all(
+            [url] * 20, per_host=2, breaker_timeouts=2, read_timeout_s=0.3, retries=1
+        )
+        assert (2, {"host_down"}, {False}) == (
+            image_server.hits["/scripted/hang"],
+            {r.kind for r in results},
+            {r.permanent for r in results},
+        )
+        assert "host not answering: 2 timeouts in a row" in (results[-1].reason or "")
+        assert time.monotonic() - started < 2.0
+        assert 20 == stats["reason:host_down"]
+
+    def test_an_answer_closes_the_circuit_after_the_cooldown(
+        self, image_server: ImageServer
+    ) -> None:
+        """Once the cool-down is over the host is tried again, and an answer lets all through."""
+        hang = image_server.script("hang", Behaviour(hang=True))
+        ok = image_server.script("ok", Behaviour(body=JPEG))
+
+        async def run() -> list[str]:
+            config = dataclasses.replace(
+                FAST, per_host=1, breaker_timeouts=1, breaker_cooldown_s=0.3,
+                read_timeout_s=0.2, retries=0,
+            )  # fmt: skip
+            async with ImageFetcher(config) as fetcher:
+                kinds = [(await fetcher.fetch(hang)).kind, (await fetcher.fetch(ok)).kind]
+                await asyncio.sleep(0.35)
+                kinds += [(await fetcher.fetch(ok)).kind, (await fetcher.fetch(ok)).kind]
+                return kinds
+
+        assert ["timeout", "host_down", "ok", "ok"] == asyncio.run(run())
+
     def test_stats(self, image_server: ImageServer) -> None:
         """Outcomes, reasons and retries are counted per fetch."""
         ok = image_server.script("ok", Behaviour(body=JPEG))
