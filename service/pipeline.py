@@ -414,6 +414,15 @@ class EnrichmentService:
 
     def _on_lost(self, partitions: list[TopicPartition]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]
+        if self.options.delivery == "exactly-once" and self._in_transaction:
+            # The open transaction holds outputs of partitions this instance no longer owns and
+            # whose offsets it may not commit: committing it would publish outputs that the
+            # partitions' next owner produces again. Abort it; the others' outputs go again.
+            self.producer.abort_transaction()
+            self._in_transaction = False
+            for pending in self.queues.produced():
+                pending.produced = False
+            log.warning("transaction_aborted", reason="partitions lost")
         dropped = self.queues.drop(keys)
         self.assigned.difference_update(keys)
         log.warning("lost", partitions=[f"{t}[{p}]" for t, p in keys], dropped=dropped)
