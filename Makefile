@@ -56,7 +56,7 @@ quality: install ## The documented quality run (about an hour on 2 cores): repor
 	bench/quality_run.sh
 
 .PHONY: bench
-bench: install ## Service benchmarks on real Kafka + Redis (about 15 min): docs/performance.md.
+bench: install ## Service benchmarks on real Kafka + Redis (about 25 min): docs/performance.md.
 	deploy/local/with-services.sh $(BIN)/python -m bench.service_bench $(BENCH_ARGS)
 	$(BIN)/python -m bench.dataset_bench
 

@@ -100,7 +100,7 @@ QUICK = Sizes(
 )  # fmt: skip
 FULL = Sizes(
     decode_images=1000, inference_batches=60, cold_products=4000, warm_products=12_000,
-    latency_s=30, rss_products=150_000, two_products=8000, single_host_products=1200,
+    latency_s=30, rss_products=1_000_000, two_products=8000, single_host_products=1200,
     naive_warm=300, naive_cold=100,
 )  # fmt: skip
 

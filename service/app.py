@@ -101,6 +101,7 @@ class Service:
                 image_size=classifier.input_size,
                 ttl_s=settings.cache_ttl_s,
                 negative_ttl_s=settings.cache_negative_ttl_s,
+                compress=settings.cache_compress,
             )
             if store is not None
             else None

@@ -7,8 +7,10 @@ demo and unit tests):
   of the downloaded bytes with the response's ETag and Last-Modified, or a negative answer
   (`IMAGE_UNAVAILABLE` / `IMAGE_INVALID` with its reason), kept for a shorter time.
 - `img:content:<content sha256>:<size>` holds the pixels: exactly size*size*3 uint8 RGB bytes,
-  zlib-compressed at level 1. Identical images under many URLs share one content entry, and the
-  pipeline, having downloaded bytes whose sha256 it knows, asks `get_by_content` to skip decode.
+  stored raw, or zlib-compressed at level 1 with `compress=True` (kept raw when zlib would not
+  be shorter, so an entry of exactly the raw length is raw; either mode reads both). Identical
+  images under many URLs share one content entry, and the pipeline, having downloaded bytes
+  whose sha256 it knows, asks `get_by_content` to skip decode.
 
 Why zlib level 1 and not PNG: measured on 40 real product photos decoded to 224x224 (this
 repository's shared data; two runs on two busy cores, so absolute times are high), zlib-1
@@ -16,6 +18,13 @@ encodes in 2.4-2.9 ms and decodes in 0.6 ms, 107 KiB (73 % of the raw 147 KiB); 
 compress_level 1 takes 3.4-3.7 ms and 1.5-1.8 ms, 76 KiB (52 %); PNG at level 6 takes 13 ms and
 1.3 ms, 70 KiB. zlib-1 is the faster both ways (decode, on every hit, 2.5-3x); PNG would save
 about 30 KiB per image.
+
+Why raw by default: in the service benchmark (`bench/service_bench.py --quick --only warm`,
+two runs each, alternated, 128 px) raw entries gave 625 and 715 products/s warm and 303 and
+314 cold, against 453 and 452 warm and 224 and 224 cold with zlib-1: decompressing on every
+hit was 31 % of the warm profile, compressing 23 % of the cold one. Raw costs about a third
+more Redis memory per image (48 KiB against about 36 KiB at 128 px); `compress=True`
+(`ENRICH_CACHE_COMPRESS`) trades the CPU back for it.
 
 The cache is an optimisation, so `ImageCache` never raises a store failure to its caller: a
 `CacheError` (Redis down or slower than its socket timeout) is counted, logged once per outage,
@@ -335,6 +344,7 @@ class ImageCache:
         negative_ttl_s: float = DEFAULT_NEGATIVE_TTL_S,
         retry_after_s: float = DEFAULT_RETRY_AFTER_S,
         clock: Callable[[], float] = time.monotonic,
+        compress: bool = False,
     ) -> None:
         if image_size < 1:
             raise ValueError(f"image_size must be positive, got {image_size}")
@@ -349,6 +359,7 @@ class ImageCache:
         self._negative_ttl_s = negative_ttl_s
         self._retry_after_s = retry_after_s
         self._clock = clock
+        self._compress = compress
         self._lock = threading.Lock()
         self._stats: Counter[str] = Counter(dict.fromkeys(_STAT_KEYS, 0))
         self._down_since: float | None = None
@@ -457,9 +468,10 @@ class ImageCache:
                 negative[key] = _dump(header)
                 continue
             if write.pixels is not None:
-                positive[self.content_key(write.sha256)] = zlib.compress(
-                    np.ascontiguousarray(write.pixels).tobytes(), _ZLIB_LEVEL
-                )
+                raw = np.ascontiguousarray(write.pixels).tobytes()
+                packed = zlib.compress(raw, _ZLIB_LEVEL) if self._compress else raw
+                # Raw when zlib is no shorter: an entry of exactly the raw length is always raw.
+                positive[self.content_key(write.sha256)] = packed if len(packed) < len(raw) else raw
             header = {
                 "v": _HEADER_VERSION,
                 "sha256": write.sha256,
@@ -613,6 +625,8 @@ def _parse_header(raw: bytes) -> NegativeHit | tuple[str, str | None, str | None
 def _decode_pixels(blob: bytes, size: int) -> NDArray[np.uint8]:
     """Read-only `(size, size, 3)` pixels from a content entry, or `_CorruptEntryError`."""
     expected = size * size * 3
+    if len(blob) == expected:  # stored raw (see put_many)
+        return np.frombuffer(blob, dtype=np.uint8).reshape(size, size, 3)
     decompressor = zlib.decompressobj()
     try:
         # Bounded: a corrupt or foreign entry must not inflate into a huge buffer.

@@ -463,6 +463,20 @@ class TestImageCache:
             cache.put_many([NegativePut("http://e.com/3", "CLASSIFIED", "no")])  # type: ignore[arg-type]
         assert 0 == len(memory)
 
+    @pytest.mark.parametrize(("writer", "reader"), [(False, True), (True, False)])
+    def test_raw_and_compressed_entries_read_back_either_way(
+        self, memory: MemoryStore, writer: bool, reader: bool
+    ) -> None:
+        """Pixels stored raw or zlib-compressed read back the same, whatever the reader's mode."""
+        image = np.arange(SIZE * SIZE * 3, dtype=np.uint8).reshape(SIZE, SIZE, 3)
+        ImageCache(memory, image_size=SIZE, compress=writer).put(URL, image, sha("a"))
+        (blob,) = [memory.get(k) for k in content_keys(memory)]
+        assert blob is not None
+        assert (len(blob) == SIZE * SIZE * 3) is not writer
+        hit = ImageCache(memory, image_size=SIZE, compress=reader).get(URL)
+        assert isinstance(hit, CacheHit)
+        np.testing.assert_array_equal(image, hit.pixels)
+
     def test_long_reason_is_truncated(self, memory: MemoryStore) -> None:
         """A reason is kept to its first 500 characters."""
         cache = ImageCache(memory, image_size=SIZE)
