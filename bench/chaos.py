@@ -154,6 +154,12 @@ def _hanging(
             hang_server.stop()
     if own_host:
         row.scenario = row.scenario.replace("):", ", on a host of their own):", 1)
+    unclassified = sum(
+        n for status, n in hanging.healthy_statuses.items()
+        if status not in {"CLASSIFIED", "LOW_CONFIDENCE"}
+    )  # fmt: skip
+    if unclassified:
+        row.scenario += f", {unclassified:,} healthy products NOT classified"
     print(json.dumps({
         "healthy_per_s": [round(baseline.healthy_per_s, 1), round(hanging.healthy_per_s, 1)],
         "hanging_statuses": sorted(set(hanging.statuses.values())),

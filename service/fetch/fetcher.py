@@ -19,12 +19,15 @@ What each fetch keeps to:
 - The bytes are judged by their magic bytes (`sniff`), never by the Content-Type header.
 - At most `total_connections` open connections, and at most `per_host` requests in flight
   to one host, so one slow shop cannot take every connection.
-- A circuit breaker per host: after `breaker_timeouts` timeouts in a row with no answer in
-  between, the host's requests fail at once (`host_down`, not permanent) for
+- A circuit breaker per host: a host that accepts connections and never answers would keep
+  its `per_host` slots busy for whole timeouts while its queue (and, with outputs in source
+  order, every partition holding one of its products) waits behind them. After
+  `breaker_timeouts` timeouts in a row, with no answer from the host for twice
+  `total_timeout_s`, its requests fail at once (`host_down`, not permanent) for
   `breaker_cooldown_s`; then up to `per_host` requests probe it again, and any answer closes
-  the circuit. A host that accepts connections and never answers would otherwise keep its
-  `per_host` slots busy for whole timeouts while its queue (and, with outputs in source
-  order, every partition holding one of its products) waits behind them.
+  the circuit. The silence matters: on a host that answers most paths but hangs on some, all
+  `per_host` slots can hold hanging requests at once, and their timeouts then come in a row
+  although the host is alive.
 """
 
 import asyncio
@@ -38,7 +41,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Final, Literal, Self
+from typing import Any, Final, Literal, Self
 
 import aiohttp
 import structlog
@@ -232,29 +235,33 @@ class _HostLimiter:
 
 
 class HostBreaker:
-    """Circuit breakers by host: ``threshold`` timeouts in a row open one for ``cooldown_s``.
+    """Circuit breakers by host: ``threshold`` timeouts in a row open one for ``cooldown_s``,
+    provided the host has not answered for ``quiet_s`` either.
 
     While open, :meth:`refusal` gives the reason to fail a request at once. When the cool-down
     ends, requests go through again; the next timeout (the count was never reset) opens it
     again at once, and any answer from the host closes it. At most ``max_hosts`` hosts are
-    remembered (the least recently troubled are forgotten first).
+    remembered (the least recently heard of are forgotten first).
     """
 
     def __init__(
         self,
         threshold: int,
         cooldown_s: float,
+        quiet_s: float = 0.0,
         *,
         max_hosts: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.threshold = threshold
         self.cooldown_s = cooldown_s
+        self.quiet_s = quiet_s
         self.max_hosts = max_hosts
         self.opened = 0
         """How many times a circuit opened (for stats)."""
         self._clock = clock
-        self._hosts: OrderedDict[str, tuple[int, float]] = OrderedDict()  # → (in a row, until)
+        # host → [timeouts in a row, open until, last answer (None: never)]
+        self._hosts: OrderedDict[str, list[Any]] = OrderedDict()
 
     def refusal(self, host: str) -> str | None:
         """Why a request to ``host`` must fail now, or None when it may go."""
@@ -266,24 +273,32 @@ class HostBreaker:
             f"{self.cooldown_s:g} s"
         )
 
-    def timed_out(self, host: str) -> None:
-        """Count a request to ``host`` that got no answer in time."""
-        count = self._hosts.pop(host, (0, 0.0))[0] + 1
-        until = 0.0
-        if count >= self.threshold:
-            until = self._clock() + self.cooldown_s
-            self.opened += 1
-            if count == self.threshold:
-                log.warning("host_circuit_open", host=host, timeouts=count,
-                            cooldown_s=self.cooldown_s)  # fmt: skip
-        self._hosts[host] = (count, until)
+    def _state(self, host: str) -> list[Any]:
+        state = self._hosts.pop(host, None) or [0, 0.0, None]
+        self._hosts[host] = state
         while len(self._hosts) > self.max_hosts:
             self._hosts.popitem(last=False)
+        return state
+
+    def timed_out(self, host: str) -> None:
+        """Count a request to ``host`` that got no answer in time."""
+        state = self._state(host)
+        state[0] += 1
+        now = self._clock()
+        quiet = state[2] is None or now - state[2] >= self.quiet_s
+        if state[0] >= self.threshold and quiet:
+            if state[1] <= now:
+                self.opened += 1
+                log.warning("host_circuit_open", host=host, timeouts=state[0],
+                            cooldown_s=self.cooldown_s)  # fmt: skip
+            state[1] = now + self.cooldown_s
 
     def answered(self, host: str) -> None:
         """``host`` answered: its count starts again (closing an open circuit)."""
-        if self._hosts.pop(host, None) is not None:
+        state = self._state(host)
+        if state[0] >= self.threshold and state[1] > 0:
             log.info("host_circuit_closed", host=host)
+        state[0], state[1], state[2] = 0, 0.0, self._clock()
 
 
 class ImageFetcher:
@@ -299,7 +314,11 @@ class ImageFetcher:
         self.guard = AddressGuard(self.config.allowed_networks)
         self.stats: Counter[str] = Counter()
         self._limiter = _HostLimiter(self.config.per_host)
-        self.breaker = HostBreaker(self.config.breaker_timeouts, self.config.breaker_cooldown_s)
+        self.breaker = HostBreaker(
+            self.config.breaker_timeouts,
+            self.config.breaker_cooldown_s,
+            quiet_s=2 * self.config.total_timeout_s,
+        )
         self._random = random.Random()
         self._session: aiohttp.ClientSession | None = None
 

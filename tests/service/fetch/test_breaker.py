@@ -62,3 +62,25 @@ def test_it_remembers_at_most_max_hosts() -> None:
     for host in ("a", "b", "c"):
         breaker.timed_out(host)
     assert [breaker.refusal(h) is None for h in ("a", "b", "c")] == [True, False, False]
+
+
+def test_a_host_that_answered_recently_is_not_cut_off() -> None:
+    """Timeouts in a row open the circuit only once the host has been silent for quiet_s."""
+    clock = Clock()
+    breaker = HostBreaker(2, 10.0, quiet_s=4.0, clock=clock)
+    breaker.answered("a.example")
+    clock.now += 1.0
+    breaker.timed_out("a.example")
+    breaker.timed_out("a.example")
+    assert breaker.refusal("a.example") is None
+    clock.now += 3.0
+    breaker.timed_out("a.example")
+    assert breaker.refusal("a.example") is not None
+
+
+def test_a_host_never_heard_from_opens_at_the_threshold() -> None:
+    """A host that has never answered needs no silence beyond its timeouts."""
+    breaker = HostBreaker(2, 10.0, quiet_s=60.0, clock=Clock())
+    breaker.timed_out("a.example")
+    breaker.timed_out("a.example")
+    assert breaker.refusal("a.example") is not None

@@ -249,6 +249,24 @@ class TestFetch:
         assert time.monotonic() - started < 2.0
         assert 20 == stats["reason:host_down"]
 
+    def test_hanging_paths_on_a_live_host_do_not_cut_off_its_other_paths(
+        self, image_server: ImageServer
+    ) -> None:
+        """Hangs that fill every slot of a host that just answered leave its circuit closed."""
+        hang = image_server.script("hang", Behaviour(hang=True))
+        ok = image_server.script("ok", Behaviour(body=JPEG))
+
+        async def run() -> list[str]:
+            config = dataclasses.replace(
+                FAST, per_host=2, breaker_timeouts=2, read_timeout_s=0.3, retries=0
+            )
+            async with ImageFetcher(config) as fetcher:
+                first = await fetcher.fetch(ok)
+                rest = await asyncio.gather(*(fetcher.fetch(u) for u in (hang, hang, ok, ok)))
+                return [r.kind for r in (first, *rest)]
+
+        assert ["ok", "timeout", "timeout", "ok", "ok"] == asyncio.run(run())
+
     def test_an_answer_closes_the_circuit_after_the_cooldown(
         self, image_server: ImageServer
     ) -> None:
