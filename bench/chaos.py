@@ -165,6 +165,7 @@ def _hanging(
         "hanging_statuses": sorted(set(hanging.statuses.values())),
         "hanging_requests": sorted(set(hanging.requests.values())),
         "healthy_statuses": hanging.healthy_statuses,
+        "healthy_reasons": hanging.healthy_reasons,
     }), flush=True)  # fmt: skip
     return row
 

@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -775,6 +775,8 @@ class FlowRun:
     ``processed_at``."""
     requests: dict[str, int]
     """hanging product id → requests its image URL got."""
+    healthy_reasons: dict[str, int] = field(default_factory=dict)
+    """error → count, for the healthy products that were not classified."""
 
 
 def flow_run(
@@ -827,6 +829,7 @@ def flow_run(
     statuses: dict[str, str] = {}
     healthy_statuses: dict[str, int] = {}
     answer_s: dict[str, float] = {}
+    healthy_reasons: dict[str, int] = {}
     for _, record in outputs:
         if record is None:
             continue
@@ -838,6 +841,9 @@ def flow_run(
                 answer_s[product_id] = record["processed_at"].timestamp() - asked
         else:
             healthy_statuses[record["status"]] = healthy_statuses.get(record["status"], 0) + 1
+            if record.get("error"):
+                reason = str(record["error"])[:80]
+                healthy_reasons[reason] = healthy_reasons.get(reason, 0) + 1
     return FlowRun(
         inputs=inputs,
         outputs=watcher.count(),
@@ -850,6 +856,7 @@ def flow_run(
         healthy_statuses=healthy_statuses,
         answer_s=answer_s,
         requests={p: hang_server.hits[path] for p, path in hanging.items()},
+        healthy_reasons=healthy_reasons,
     )
 
 
