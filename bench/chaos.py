@@ -23,7 +23,6 @@ import platform
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,10 +30,6 @@ sys.path.insert(0, str(REPO))
 
 from bench.fuzz import fuzz_row  # noqa: E402
 from bench.soak import soak_row  # noqa: E402
-from model.build import build_model  # noqa: E402
-from model.classifier import save_model  # noqa: E402
-from model.taxonomy import Taxonomy  # noqa: E402
-from model.vocabulary import Vocabulary  # noqa: E402
 from service.kafka.admin import KafkaAdmin  # noqa: E402
 from tests.reliability.scenarios import (  # noqa: E402
     NetnsUnavailableError,
@@ -48,47 +43,17 @@ from tests.reliability.scenarios import (  # noqa: E402
     produce,
     product_value,
     redis_outage_scenario,
+    service_topics,
     ssrf_scenario,
 )
 from tests.support.image_server import ImageServer  # noqa: E402
+from tests.support.models import tiny_model  # noqa: E402
 
 SCENARIOS = ("crash", "ssrf", "outage", "hanging", "redis", "fuzz", "soak")
 
 
-def _model(shared: Path, work: Path) -> Path:
-    truncated = Taxonomy.load(
-        shared / "google-product-taxonomy" / "taxonomy-with-ids.en-US.txt"
-    ).truncate(4)
-    with (shared / "product-images" / "labels.csv").open() as stream:
-        ids = [int(row["google_category_id"]) for row in csv.DictReader(stream)]
-    vocabulary = Vocabulary.from_labels(truncated, ids)
-    model = build_model("tiny", vocabulary.sizes, image_size=32)
-    save_model(
-        model,
-        work / "model",
-        name="chaos",
-        backbone="tiny",
-        image_size=32,
-        heads="multi",
-        truncated=truncated,
-        vocabulary=vocabulary,
-        level_weights=None,
-        training={},
-        metrics={},
-    )
-    return work / "model"
-
-
 def _topics(admin: KafkaAdmin, name: str) -> dict[str, str]:
-    suffix = uuid.uuid4().hex[:8]
-    topics = {
-        "input": f"chaos-{name}-{suffix}",
-        "output": f"chaos-{name}-out-{suffix}",
-        "dlq": f"chaos-{name}-dlq-{suffix}",
-    }
-    admin.create_topics([topics["input"], topics["output"]], partitions=4)
-    admin.create_topics([topics["dlq"]], partitions=1)
-    return topics
+    return service_topics(admin, name, prefix="chaos")
 
 
 def _fill(bootstrap: str, topic: str, server: ImageServer, photos: list[str], count: int) -> None:
@@ -289,7 +254,7 @@ def main() -> None:
         rows.append(row)
 
     with tempfile.TemporaryDirectory() as work:
-        model_dir = args.model or _model(shared, Path(work))
+        model_dir = args.model or tiny_model(shared, Path(work) / "model", "chaos")
         for delivery in ("at-least-once", "exactly-once") if "crash" in only else ():
             topics = _topics(admin, "crash")
             _fill(bootstrap, topics["input"], server, photos, args.inputs)

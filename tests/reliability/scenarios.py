@@ -497,6 +497,19 @@ def ssrf_name_urls(port: int, network: PrivateNetwork) -> tuple[dict[str, str], 
     return urls, "".join(f"{address} {name}\n" for address, name in entries)
 
 
+def service_topics(admin: Any, name: str, prefix: str = "test") -> dict[str, str]:
+    """Fresh input and output topics (4 partitions) and a dead-letter topic (1) for one run."""
+    suffix = uuid.uuid4().hex[:8]
+    topics = {
+        "input": f"{prefix}-{name}-{suffix}",
+        "output": f"{prefix}-{name}-out-{suffix}",
+        "dlq": f"{prefix}-{name}-dlq-{suffix}",
+    }
+    admin.create_topics([topics["input"], topics["output"]], partitions=4)
+    admin.create_topics([topics["dlq"]], partitions=1)
+    return topics
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as sock:

@@ -9,14 +9,13 @@ healthy ones share that host's per-host cap; `make chaos` reports that case too.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from service.kafka.admin import KafkaAdmin
-from tests.reliability.scenarios import FlowRun, Row, hanging_scenario
+from tests.reliability.scenarios import FlowRun, Row, hanging_scenario, service_topics
 from tests.service.test_pipeline import model_dir, photos
 from tests.support.image_server import ImageServer
 
@@ -49,11 +48,7 @@ def outcome(
     created: list[str] = []
 
     def make_topics(name: str) -> dict[str, str]:
-        suffix = uuid.uuid4().hex[:8]
-        topics = {"input": f"test-{name}-{suffix}", "output": f"test-{name}-out-{suffix}",
-                  "dlq": f"test-{name}-dlq-{suffix}"}  # fmt: skip
-        admin.create_topics([topics["input"], topics["output"]], partitions=4)
-        admin.create_topics([topics["dlq"]], partitions=1)
+        topics = service_topics(admin, name)
         created.extend(topics.values())
         return topics
 

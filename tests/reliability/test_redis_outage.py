@@ -7,7 +7,6 @@ steady rate whose images come from a few URLs (so most are cache hits), Redis st
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,13 @@ import pytest
 
 from service.cache import DEFAULT_RETRY_AFTER_S
 from service.kafka.admin import KafkaAdmin
-from tests.reliability.scenarios import PrivateRedis, RedisOutage, Row, redis_outage_scenario
+from tests.reliability.scenarios import (
+    PrivateRedis,
+    RedisOutage,
+    Row,
+    redis_outage_scenario,
+    service_topics,
+)
 from tests.service.test_pipeline import model_dir, photos
 from tests.support.image_server import ImageServer
 
@@ -34,11 +39,7 @@ def outcome(
 ) -> Iterator[tuple[Row, RedisOutage]]:  # fmt: skip
     """The scenario's row and what it saw."""
     admin = KafkaAdmin({"bootstrap.servers": kafka_bootstrap})
-    suffix = uuid.uuid4().hex[:8]
-    topics = {"input": f"test-redis-{suffix}", "output": f"test-redis-out-{suffix}",
-              "dlq": f"test-redis-dlq-{suffix}"}  # fmt: skip
-    admin.create_topics([topics["input"], topics["output"]], partitions=4)
-    admin.create_topics([topics["dlq"]], partitions=1)
+    topics = service_topics(admin, "redis")
     redis = PrivateRedis(tmp_path_factory.mktemp("redis"))
     server = ImageServer(shared_data / "product-images").start()
     redis.start()

@@ -19,15 +19,13 @@ import confluent_kafka
 import pytest
 from confluent_kafka import TopicPartition
 
-from model.build import build_model
-from model.classifier import Classifier, save_model
-from model.taxonomy import Taxonomy
-from model.vocabulary import Vocabulary
+from model.classifier import Classifier
 from service.app import Service
 from service.config import Settings, load_settings
 from service.contract import SingleObjectCodec
 from service.pipeline import RunSummary
 from tests.support.image_server import Behaviour, ImageServer
+from tests.support.models import tiny_model
 
 pytestmark = pytest.mark.integration
 
@@ -37,28 +35,9 @@ NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
 
 
 @pytest.fixture(scope="module")
-def model_dir(taxonomy_file: Path, shared_data: Path, tmp_path_factory: Any) -> Path:
+def model_dir(shared_data: Path, tmp_path_factory: Any) -> Path:
     """A small (untrained) model over the shared labels' categories, exported."""
-    truncated = Taxonomy.load(taxonomy_file).truncate(4)
-    with (shared_data / "product-images" / "labels.csv").open() as stream:
-        ids = [int(row["google_category_id"]) for row in csv.DictReader(stream)]
-    vocabulary = Vocabulary.from_labels(truncated, ids)
-    model = build_model("tiny", vocabulary.sizes, image_size=32)
-    directory = tmp_path_factory.mktemp("model")
-    save_model(
-        model,
-        directory,
-        name="pipeline-test",
-        backbone="tiny",
-        image_size=32,
-        heads="multi",
-        truncated=truncated,
-        vocabulary=vocabulary,
-        level_weights=None,
-        training={},
-        metrics={},
-    )
-    return directory
+    return tiny_model(shared_data, tmp_path_factory.mktemp("model"), "pipeline-test")
 
 
 @pytest.fixture(scope="module")
