@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import resource
 import signal
 import socket
 import threading
@@ -41,6 +42,25 @@ from service.redis_store import RedisStore
 __all__ = ["Service", "end_offsets"]
 
 log = structlog.get_logger(__name__)
+
+
+FILES_BESIDES_SOCKETS = 256
+"""Open files the service needs besides image sockets (Kafka, Redis, model, logs, threads)."""
+
+
+def ensure_open_files(needed: int) -> int:
+    """Raise the soft limit on open files towards ``needed`` (never past the hard limit, never
+    down); the limit now. A limit below ``needed`` is logged: sockets would then fail with
+    "too many open files" before the fetcher's caps are reached."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        if target > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        if soft < needed:
+            log.warning("open_file_limit_low", limit=soft, needed=needed)
+    return soft
 
 
 def _kafka_config(settings: Settings) -> dict[str, Any]:
@@ -114,6 +134,7 @@ class Service:
                                         thread_name_prefix="decode")  # fmt: skip
         self.loop = LoopThread()
         self.fetcher = ImageFetcher(self.fetch_config)
+        self.metrics.fetch_stalled.set_function(lambda: self.fetcher.limiter.stalled)
         self.batcher = InferenceBatcher(
             self.classifier.classify,
             max_size=settings.batch_max_size,
@@ -134,6 +155,8 @@ class Service:
     def __enter__(self) -> Service:
         """Start the event loop, the fetcher's session, the inference thread, the endpoints."""
         self.warm_up()
+        config = self.fetch_config
+        ensure_open_files(config.total_connections + config.max_stalled + FILES_BESIDES_SOCKETS)
         self.loop.start()
         self.loop.call(self.fetcher.__aenter__())
         self.batcher.start()
@@ -243,6 +266,7 @@ class Service:
             dead_letter_topic=s.dead_letter_topic,
             delivery=s.delivery,
             max_in_flight=s.max_in_flight,
+            max_in_work=s.max_in_work,
             shutdown_deadline_s=s.shutdown_deadline_s,
             revoke_deadline_s=min(s.shutdown_deadline_s, 10.0),
         )

@@ -84,7 +84,17 @@ class Settings(BaseSettings):
         default=20.0, ge=0, description="Longest wait of an image for its batch to fill."
     )
     max_in_flight: int = Field(
-        default=2000, ge=1, description="Unacknowledged messages before the consumer pauses."
+        default=10_000,
+        ge=1,
+        description="Unacknowledged messages before the consumer pauses, outputs waiting for "
+        "their turn behind a slow product included (a crash redoes at most this many). To keep "
+        "flowing while some images hang it must cover rate x the longest fetch.",
+    )
+    max_in_work: int = Field(
+        default=2000,
+        ge=1,
+        description="Messages whose enrichment is not done (image fetch, decode, inference) "
+        "before the consumer pauses: this bounds the image bytes held.",
     )
     fetch_concurrency: int = Field(
         default=256,
@@ -93,6 +103,15 @@ class Settings(BaseSettings):
         "(1,000 images/s at 250 ms per image needs 250).",
     )
     fetch_per_host: int = Field(default=8, ge=1, description="Concurrent downloads per host.")
+    fetch_stalled_per_host: int = Field(
+        default=256,
+        ge=0,
+        description="Downloads per host, beyond fetch_per_host, left waiting while the host "
+        "answers the ones asked after them (paths that hang on a live host); 0: none.",
+    )
+    fetch_max_stalled: int = Field(
+        default=1024, ge=0, description="Such stalled downloads over all hosts (a socket each)."
+    )
     connect_timeout_s: float = Field(default=5.0, gt=0, description="Connect timeout.")
     read_timeout_s: float = Field(default=10.0, gt=0, description="Timeout between reads.")
     total_timeout_s: float = Field(default=30.0, gt=0, description="Timeout of one attempt.")
@@ -144,6 +163,8 @@ class Settings(BaseSettings):
         values: dict[str, Any] = {
             "total_connections": self.fetch_concurrency,
             "per_host": self.fetch_per_host,
+            "stalled_per_host": self.fetch_stalled_per_host,
+            "max_stalled": self.fetch_max_stalled,
             "connect_timeout_s": self.connect_timeout_s,
             "read_timeout_s": self.read_timeout_s,
             "total_timeout_s": self.total_timeout_s,

@@ -45,6 +45,14 @@ class Metrics:
             buckets=(*_LATENCY, 120, 300, 900, 3600), registry=r,
         )  # fmt: skip
         self.in_flight = Gauge("enrich_in_flight", "Messages consumed, not yet acked.", registry=r)
+        self.in_work = Gauge(
+            "enrich_in_work", "Messages consumed whose enrichment is not done yet.", registry=r
+        )
+        self.fetch_stalled = Gauge(
+            "enrich_fetch_stalled",
+            "Image requests left waiting by a host that answers others, outside its slots.",
+            registry=r,
+        )
         self.lag = Gauge(
             "enrich_consumer_lag", "Messages behind the partition's end.", ["topic", "partition"],
             registry=r,

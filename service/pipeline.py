@@ -90,8 +90,13 @@ class ServiceOptions:
     output_topic: str
     dead_letter_topic: str
     delivery: DeliveryMode = "at-least-once"
-    max_in_flight: int = 2000
-    """Above this many unacknowledged messages the consumer pauses; it resumes at half."""
+    max_in_flight: int = 10_000
+    """Above this many unacknowledged messages the consumer pauses; it resumes at half. Most
+    are outputs waiting for their turn behind a slow product of their partition (a few KB
+    each); a crash redoes at most this many."""
+    max_in_work: int = 2000
+    """Above this many messages whose output is not known yet (images being fetched, decoded
+    and classified: the part that holds image bytes) the consumer pauses too."""
     consume_batch: int = 500
     poll_timeout_s: float = 0.05
     shutdown_deadline_s: float = 30.0
@@ -160,6 +165,10 @@ class EnrichmentService:
         self._positions: dict[tuple[str, int], int] = {}
         self._to_start: list[tuple[Product, Pending]] = []
         self._tasks: set[asyncio.Task[Output]] = set()  # held so none is collected mid-run
+        # Products handed to the event loop (main thread) and finished there (loop thread):
+        # one writer each, so their difference is the work in progress.
+        self._started = 0
+        self._finished_count = 0
         self._headers = [("content-type", enrichment_codec.content_type.encode())]
 
     # -- per message ----------------------------------------------------------------------
@@ -219,6 +228,7 @@ class EnrichmentService:
             )  # fmt: skip
             return
         self._to_start.append((product, pending))
+        self._started += 1
 
     def _start_enrichment(self) -> None:
         """Hand the products taken since the last call to the event loop, in one wake-up."""
@@ -236,6 +246,7 @@ class EnrichmentService:
     def _finished(self, task: asyncio.Task[Output], *, pending: Pending) -> None:
         """Record the output of a finished product (called from the event loop thread)."""
         self._tasks.discard(task)
+        self._finished_count += 1
         try:
             pending.output = task.result()
         except BaseException as exc:
@@ -324,6 +335,7 @@ class EnrichmentService:
                 self._uncommitted = False
                 self._last_commit = now
         self.metrics.in_flight.set(len(self.queues))
+        self.metrics.in_work.set(self.in_work)
 
     def _pump_transactional(self) -> None:
         """Exactly-once: outputs and consumed offsets in one transaction, every interval."""
@@ -357,19 +369,33 @@ class EnrichmentService:
 
     # -- backpressure, lag, rebalance -----------------------------------------------------
 
+    @property
+    def in_work(self) -> int:
+        """Messages taken whose product is still being enriched (image, inference)."""
+        return self._started - self._finished_count
+
+    def _room(self) -> int:
+        """How many more messages the two in-flight bounds allow now."""
+        options = self.options
+        return min(options.max_in_flight - len(self.queues), options.max_in_work - self.in_work)
+
     def _backpressure(self) -> None:
-        in_flight = len(self.queues)
-        high = self.options.max_in_flight
-        if not self._paused and in_flight >= high:
+        in_flight, in_work = len(self.queues), self.in_work
+        options = self.options
+        if not self._paused and self._room() <= 0:
             self.consumer.pause(self.consumer.assignment())
             self._paused = True
             self.metrics.paused.set(1)
-            log.info("paused", in_flight=in_flight)
-        elif self._paused and in_flight <= high // 2:
+            log.info("paused", in_flight=in_flight, in_work=in_work)
+        elif (
+            self._paused
+            and in_flight <= options.max_in_flight // 2
+            and in_work <= options.max_in_work // 2
+        ):
             self.consumer.resume(self.consumer.assignment())
             self._paused = False
             self.metrics.paused.set(0)
-            log.info("resumed", in_flight=in_flight)
+            log.info("resumed", in_flight=in_flight, in_work=in_work)
 
     def _update_lag(self) -> None:
         now = time.monotonic()
@@ -464,9 +490,8 @@ class EnrichmentService:
             while not stop.is_set():
                 self.heartbeat = time.monotonic()
                 self._backpressure()
-                # Never take more than the in-flight bound allows (paused partitions give none).
-                room = self.options.max_in_flight - len(self.queues)
-                batch = max(1, min(self.options.consume_batch, room))
+                # Never take more than the in-flight bounds allow (paused partitions give none).
+                batch = max(1, min(self.options.consume_batch, self._room()))
                 for message in self.consumer.consume(batch, self.options.poll_timeout_s):
                     error = message.error()
                     if error is not None:

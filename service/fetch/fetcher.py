@@ -17,31 +17,32 @@ What each fetch keeps to:
 - At most `max_bytes` read: a larger `Content-Length` is refused before reading, and a body
   is abandoned as soon as it grows past the limit.
 - The bytes are judged by their magic bytes (`sniff`), never by the Content-Type header.
-- At most `total_connections` open connections, and at most `per_host` requests in flight
-  to one host, so one slow shop cannot take every connection.
-- A circuit breaker per host: a host that accepts connections and never answers would keep
-  its `per_host` slots busy for whole timeouts while its queue (and, with outputs in source
-  order, every partition holding one of its products) waits behind them. After
-  `breaker_timeouts` timeouts in a row, with no answer from the host for twice
+- At most `total_connections` requests in flight, and at most `per_host` to one host, so
+  one slow shop cannot take every connection. A request the host leaves waiting while it
+  answers the ones asked after it (a path that hangs on a live host) is *stalled*: it gives
+  its slots back and waits on outside the caps, at most `stalled_per_host` of them per host
+  and `max_stalled` in all (`HostLimiter`). Without that, a shop that hangs on 1 path in 10
+  fills its slots with those and its healthy images queue behind them for whole timeouts.
+- A circuit breaker per host (`HostBreaker`): a host that accepts connections and never
+  answers would keep its `per_host` slots busy for whole timeouts while its queue (and, with
+  outputs in source order, every partition holding one of its products) waits behind them.
+  After `breaker_timeouts` timeouts in a row, with no answer from the host for twice
   `total_timeout_s`, its requests fail at once (`host_down`, not permanent) for
   `breaker_cooldown_s`; then up to `per_host` requests probe it again, and any answer closes
-  the circuit. The silence matters: on a host that answers most paths but hangs on some, all
-  `per_host` slots can hold hanging requests at once, and their timeouts then come in a row
-  although the host is alive.
+  the circuit. The silence matters: on a live host that hangs on some paths, timeouts can
+  come in a row although the host is answering.
 """
 
 import asyncio
-import contextlib
 import dataclasses
 import email.utils
 import random
 import time
-from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Final, Literal, Self
+from typing import Final, Literal, Self
 
 import aiohttp
 import structlog
@@ -49,13 +50,13 @@ from yarl import URL
 
 from service.errors import ConfigError
 from service.fetch.guard import AddressGuard, BlockedAddressError, GuardedResolver, IPNetwork
+from service.fetch.hosts import HostBreaker, HostLimiter, Lease
 from service.fetch.sniff import SNIFF_BYTES, ImageType, looks_like_html, sniff_image_type
 
 __all__ = [
     "FetchConfig",
     "FetchOutcome",
     "FetchResult",
-    "HostBreaker",
     "ImageFetcher",
     "parse_retry_after",
 ]
@@ -78,7 +79,16 @@ class FetchConfig:
     total_connections: int = 64
     """Open connections, over all hosts."""
     per_host: int = 8
-    """Requests in flight to one host at a time."""
+    """Requests in flight to one host at a time (stalled ones aside)."""
+    stalled_per_host: int = 256
+    """Stalled requests to one host at most: ones that wait for an answer while the host
+    answers the requests asked after them (see `HostLimiter`); 0 stalls none."""
+    max_stalled: int = 1024
+    """Stalled requests over all hosts at most (each holds a connection)."""
+    stall_factor: float = 4.0
+    """A request waiting this many times its host's typical answer time stalls..."""
+    stall_floor_s: float = 0.1
+    """...and at least this long."""
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 10.0
     """Longest wait for the next bytes from the socket."""
@@ -110,6 +120,8 @@ class FetchConfig:
             "total_timeout_s": self.total_timeout_s,
             "max_bytes": self.max_bytes,
             "breaker_timeouts": self.breaker_timeouts,
+            "stall_factor": self.stall_factor,
+            "stall_floor_s": self.stall_floor_s,
         }
         not_negative = {
             "max_redirects": self.max_redirects,
@@ -118,6 +130,8 @@ class FetchConfig:
             "backoff_max_s": self.backoff_max_s,
             "dns_cache_ttl_s": self.dns_cache_ttl_s,
             "breaker_cooldown_s": self.breaker_cooldown_s,
+            "stalled_per_host": self.stalled_per_host,
+            "max_stalled": self.max_stalled,
         }
         wrong = [f"{k}={v!r} (must be > 0)" for k, v in positive.items() if not v > 0]
         wrong += [f"{k}={v!r} (must be >= 0)" for k, v in not_negative.items() if not v >= 0]
@@ -177,6 +191,8 @@ class _End:
     image_type: ImageType | None = None
     etag: str | None = None
     last_modified: str | None = None
+    stalled: bool = False
+    """It timed out after its host had stalled it (answering others meanwhile)."""
 
 
 def _unavailable(kind: str, url: URL | str, reason: str, *, permanent: bool) -> _End:
@@ -206,101 +222,6 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
-@dataclass
-class _HostSlot:
-    semaphore: asyncio.Semaphore
-    users: int = 0
-
-
-@dataclass
-class _HostLimiter:
-    """A semaphore per host, made when first needed and dropped when nobody holds or waits."""
-
-    limit: int
-    _slots: dict[str, _HostSlot] = field(default_factory=dict)
-
-    @contextlib.asynccontextmanager
-    async def hold(self, host: str) -> AsyncIterator[None]:
-        slot = self._slots.get(host)
-        if slot is None:
-            slot = self._slots[host] = _HostSlot(asyncio.Semaphore(self.limit))
-        slot.users += 1
-        try:
-            async with slot.semaphore:
-                yield
-        finally:
-            slot.users -= 1
-            if slot.users == 0:
-                del self._slots[host]
-
-
-class HostBreaker:
-    """Circuit breakers by host: ``threshold`` timeouts in a row open one for ``cooldown_s``,
-    provided the host has not answered for ``quiet_s`` either.
-
-    While open, :meth:`refusal` gives the reason to fail a request at once. When the cool-down
-    ends, requests go through again; the next timeout (the count was never reset) opens it
-    again at once, and any answer from the host closes it. At most ``max_hosts`` hosts are
-    remembered (the least recently heard of are forgotten first).
-    """
-
-    def __init__(
-        self,
-        threshold: int,
-        cooldown_s: float,
-        quiet_s: float = 0.0,
-        *,
-        max_hosts: int = 10_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.threshold = threshold
-        self.cooldown_s = cooldown_s
-        self.quiet_s = quiet_s
-        self.max_hosts = max_hosts
-        self.opened = 0
-        """How many times a circuit opened (for stats)."""
-        self._clock = clock
-        # host → [timeouts in a row, open until, last answer (None: never)]
-        self._hosts: OrderedDict[str, list[Any]] = OrderedDict()
-
-    def refusal(self, host: str) -> str | None:
-        """Why a request to ``host`` must fail now, or None when it may go."""
-        state = self._hosts.get(host)
-        if state is None or state[0] < self.threshold or self._clock() >= state[1]:
-            return None
-        return (
-            f"host not answering: {state[0]} timeouts in a row, circuit open for "
-            f"{self.cooldown_s:g} s"
-        )
-
-    def _state(self, host: str) -> list[Any]:
-        state = self._hosts.pop(host, None) or [0, 0.0, None]
-        self._hosts[host] = state
-        while len(self._hosts) > self.max_hosts:
-            self._hosts.popitem(last=False)
-        return state
-
-    def timed_out(self, host: str) -> None:
-        """Count a request to ``host`` that got no answer in time."""
-        state = self._state(host)
-        state[0] += 1
-        now = self._clock()
-        quiet = state[2] is None or now - state[2] >= self.quiet_s
-        if state[0] >= self.threshold and quiet:
-            if state[1] <= now:
-                self.opened += 1
-                log.warning("host_circuit_open", host=host, timeouts=state[0],
-                            cooldown_s=self.cooldown_s)  # fmt: skip
-            state[1] = now + self.cooldown_s
-
-    def answered(self, host: str) -> None:
-        """``host`` answered: its count starts again (closing an open circuit)."""
-        state = self._state(host)
-        if state[0] >= self.threshold and state[1] > 0:
-            log.info("host_circuit_closed", host=host)
-        state[0], state[1], state[2] = 0, 0.0, self._clock()
-
-
 class ImageFetcher:
     """Fetches images with one shared aiohttp session; use it as an async context manager.
 
@@ -313,7 +234,15 @@ class ImageFetcher:
         self.config = config or FetchConfig()
         self.guard = AddressGuard(self.config.allowed_networks)
         self.stats: Counter[str] = Counter()
-        self._limiter = _HostLimiter(self.config.per_host)
+        self.limiter = HostLimiter(
+            self.config.per_host,
+            self.config.total_connections,
+            stalled_per_host=self.config.stalled_per_host,
+            max_stalled=self.config.max_stalled,
+            stall_factor=self.config.stall_factor,
+            stall_floor_s=self.config.stall_floor_s,
+            stats=self.stats,
+        )
         self.breaker = HostBreaker(
             self.config.breaker_timeouts,
             self.config.breaker_cooldown_s,
@@ -326,8 +255,9 @@ class ImageFetcher:
         """Open the session and its connector (no connection is made yet)."""
         config = self.config
         connector = aiohttp.TCPConnector(
-            limit=config.total_connections,
-            limit_per_host=0,  # The per-host cap is `_HostLimiter`, across redirects too.
+            # The caps are `HostLimiter`'s (across redirects too); this one only backs them up.
+            limit=config.total_connections + config.max_stalled,
+            limit_per_host=0,
             resolver=GuardedResolver(self.guard),
             ttl_dns_cache=config.dns_cache_ttl_s,
         )
@@ -413,9 +343,11 @@ class ImageFetcher:
     async def _tries(self, url: URL) -> tuple[_End, int]:
         """Attempt `url` until an attempt ends for good or the retries are spent."""
         attempts = 0
+        stalled = False
         while True:
             attempts += 1
-            end = await self._attempt(url)
+            end = await self._attempt(url, stalled=stalled)
+            stalled = end.stalled
             if not end.retry or attempts > self.config.retries:
                 return end, attempts
             delay = self._backoff(attempts, end.retry_after_s)
@@ -441,35 +373,40 @@ class ImageFetcher:
             return _unavailable(f"blocked_{address_class}", url, blocked, permanent=True)
         return None
 
-    async def _attempt(self, url: URL) -> _End:
-        """One try: request `url`, following redirects up to the limit, each hop checked."""
+    async def _attempt(self, url: URL, *, stalled: bool = False) -> _End:
+        """One try: request `url`, following redirects up to the limit, each hop checked.
+        ``stalled``: the previous try of `url` timed out stalled, so this one starts so."""
         tried = current = url
-        for _ in range(self.config.max_redirects + 1):
+        for hop in range(self.config.max_redirects + 1):
             problem = self._check_hop(current)
             if problem is not None:
                 return problem
-            step = await self._hop(current)
+            step = await self._hop(current, stalled=stalled and hop == 0)
             if isinstance(step, _End):
                 return step
             tried, current = current, step
         reason = f"too many redirects (more than {self.config.max_redirects})"
         return _unavailable("too_many_redirects", tried, reason, permanent=True)
 
-    async def _hop(self, url: URL) -> _End | URL:
-        """Request `url` once: the end of the attempt, or the URL a redirect points to."""
+    async def _hop(self, url: URL, *, stalled: bool = False) -> _End | URL:
+        """Request `url` once: the end of the attempt, or the URL a redirect points to.
+
+        ``stalled``: start outside the host's slots (see `HostLimiter.hold`)."""
         if self._session is None:
             raise RuntimeError("ImageFetcher is not open: use it as `async with ImageFetcher()`")
         host = (url.host or "").lower()
         refusal = self.breaker.refusal(host)
         if refusal is not None:
             return _unavailable("host_down", url, refusal, permanent=False)
+        lease: Lease | None = None
         try:
-            async with self._limiter.hold(host):
+            async with self.limiter.hold(host, stalled=stalled) as lease:
                 refusal = self.breaker.refusal(host)  # it may have opened while we waited
                 if refusal is not None:
                     return _unavailable("host_down", url, refusal, permanent=False)
                 async with self._session.get(url, allow_redirects=False) as response:
                     self.breaker.answered(host)
+                    self.limiter.answered(lease)
                     if response.status in _REDIRECTS:
                         return self._redirect_target(url, response)
                     return await self._read(url, response)
@@ -478,11 +415,13 @@ class ImageFetcher:
             return _unavailable(f"blocked_{exc.address_class}", url, str(exc), permanent=True)
         except TimeoutError as exc:
             self.breaker.timed_out(host)
-            if isinstance(exc, aiohttp.ConnectionTimeoutError):
-                return _retry("timeout", url, "connect timed out")
-            if isinstance(exc, aiohttp.SocketTimeoutError):
-                return _retry("timeout", url, "read timed out")
-            return _retry("timeout", url, "timed out")
+            what = (
+                "connect timed out" if isinstance(exc, aiohttp.ConnectionTimeoutError)
+                else "read timed out" if isinstance(exc, aiohttp.SocketTimeoutError)
+                else "timed out"
+            )  # fmt: skip
+            stalled_now = lease is not None and lease.stalled
+            return dataclasses.replace(_retry("timeout", url, what), stalled=stalled_now)
         except aiohttp.ClientSSLError as exc:
             return _unavailable("tls", url, f"TLS failed: {exc}", permanent=False)
         except aiohttp.InvalidURL as exc:

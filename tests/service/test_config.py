@@ -85,3 +85,28 @@ class TestLoadSettings:
         monkeypatch.setenv(variable, value)
         with pytest.raises(ConfigError, match=named):
             load_settings()
+
+    @pytest.mark.parametrize(
+        ("variable", "value", "field", "expected"),
+        [
+            ("ENRICH_FETCH_CONCURRENCY", "32", "total_connections", 32),
+            ("ENRICH_FETCH_PER_HOST", "3", "per_host", 3),
+            ("ENRICH_FETCH_STALLED_PER_HOST", "0", "stalled_per_host", 0),
+            ("ENRICH_FETCH_MAX_STALLED", "77", "max_stalled", 77),
+            ("ENRICH_FETCH_BREAKER_TIMEOUTS", "2", "breaker_timeouts", 2),
+            ("ENRICH_READ_TIMEOUT_S", "1.5", "read_timeout_s", 1.5),
+            ("ENRICH_ALLOWED_NETWORKS", "10.0.0.0/8, 127.0.0.1/32", "allowed_networks",
+             ("10.0.0.0/8", "127.0.0.1/32")),
+        ],
+    )  # fmt: skip
+    def test_fetch_settings_reach_the_fetcher(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        variable: str,
+        value: str,
+        field: str,
+        expected: object,
+    ) -> None:
+        """Each ENRICH_FETCH_* (and timeout) variable sets its field of the fetcher's config."""
+        monkeypatch.setenv(variable, value)
+        assert expected == getattr(load_settings().fetch_config(), field)

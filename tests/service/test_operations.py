@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import confluent_kafka
 import pytest
 
 from service.config import Settings
@@ -86,6 +87,8 @@ class TestEndpoints:
         assert "enrich_consumed_total 10.0" in metrics
         assert 'enrich_fetch_total{outcome="ok"} 10.0' in metrics
         assert "enrich_batch_size_count" in metrics
+        assert "enrich_fetch_stalled 0.0" in metrics
+        assert "enrich_in_work 0.0" in metrics
         assert "enrich_end_to_end_seconds_count 10.0" in metrics
         lags = re.findall(rf'enrich_consumer_lag{{partition="\d",topic="{topics["input"]}"}} (\S+)',
                           metrics)  # fmt: skip
@@ -124,6 +127,41 @@ class TestBackpressure:
         assert 150 == len(_read(kafka_bootstrap, topics["output"], expected=150))
         assert paused_seen
         assert 0 < highest <= 12
+
+    def test_outputs_waiting_behind_a_slow_product_do_not_count_as_work(
+        self,
+        kafka_bootstrap: str,
+        topics: dict[str, str],
+        model_dir: Path,
+        server: ImageServer,
+        photos: list[str],
+    ) -> None:
+        """A slow image at the head of every partition holds back its partition's outputs, not
+        the consumer: work in progress stays under max_in_work while more waits in flight."""
+        slow = _slow_photo(server, photos, 2.0)
+        producer = confluent_kafka.Producer({"bootstrap.servers": kafka_bootstrap})
+        count = 124
+        for i in range(count):
+            url = f"{slow}?i={i}" if i < 4 else f"{server.url_for(photos[i % 20])}?w={i}"
+            key, value = _encode(_product(f"w{i}", url))
+            producer.produce(topics["input"], key=key, value=value, partition=i % 4)
+        assert 0 == producer.flush(30)
+        settings = _settings(kafka_bootstrap, topics, model_dir, max_in_flight=200, max_in_work=10)
+        most_in_flight = most_in_work = 0
+        with _Running(settings) as running:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                service = running.service.service
+                if service is not None:
+                    most_in_flight = max(most_in_flight, len(service.queues))
+                    most_in_work = max(most_in_work, service.in_work)
+                    if service.summary.produced >= count:
+                        break
+                time.sleep(0.005)
+        messages = _read(kafka_bootstrap, topics["output"], expected=count)
+        assert count == len(messages)
+        assert 0 < most_in_work <= 10
+        assert most_in_flight > 10, "the consumer stopped at the work bound behind the slow heads"
 
 
 class TestRedisOutage:

@@ -267,6 +267,47 @@ class TestFetch:
 
         assert ["ok", "timeout", "timeout", "ok", "ok"] == asyncio.run(run())
 
+    @pytest.mark.parametrize(
+        ("stalled_per_host", "retries", "oks_first", "stalled"),
+        [(64, 0, True, 3), (64, 1, True, 6), (0, 0, False, 0)],
+    )
+    def test_hanging_paths_on_a_live_host_give_their_slots_to_its_other_paths(
+        self,
+        image_server: ImageServer,
+        stalled_per_host: int,
+        retries: int,
+        oks_first: bool,
+        stalled: int,
+    ) -> None:
+        """Requests the host leaves hanging while it answers later ones stop holding its slots,
+        and their retries start outside them, so its healthy images all come before the first
+        hang times out (and, with stalling off, some of them only after)."""
+        hang = image_server.script("hang", Behaviour(hang=True))
+        ok = image_server.script("ok", Behaviour(body=JPEG))
+        urls = ([hang] + [ok] * 10) * 3 + [ok] * 10
+
+        async def run() -> tuple[list[tuple[str, float]], int]:
+            config = dataclasses.replace(
+                FAST, per_host=3, read_timeout_s=1.0, retries=retries, breaker_timeouts=100,
+                stalled_per_host=stalled_per_host,
+            )  # fmt: skip
+            started = time.monotonic()
+
+            async def timed(fetcher: ImageFetcher, url: str) -> tuple[str, float]:
+                result = await fetcher.fetch(url)
+                return result.kind, time.monotonic() - started
+
+            async with ImageFetcher(config) as fetcher:
+                ends = await asyncio.gather(*(timed(fetcher, url) for url in urls))
+                return list(ends), fetcher.stats["stalled"]
+
+        ends, stalls = asyncio.run(run())
+        assert Counter({"ok": 40, "timeout": 3}) == Counter(kind for kind, _ in ends)
+        assert 3 * (1 + retries) == image_server.hits["/scripted/hang"]
+        last_ok = max(t for kind, t in ends if kind == "ok")
+        first_hang = min(t for kind, t in ends if kind == "timeout")
+        assert (oks_first, stalled) == (last_ok < first_hang, stalls)
+
     def test_an_answer_closes_the_circuit_after_the_cooldown(
         self, image_server: ImageServer
     ) -> None:
