@@ -156,7 +156,9 @@ class Service:
         """Start the event loop, the fetcher's session, the inference thread, the endpoints."""
         self.warm_up()
         config = self.fetch_config
-        ensure_open_files(config.total_connections + config.max_stalled + FILES_BESIDES_SOCKETS)
+        # Twice the sockets in use: idle keep-alive connections come on top of the limits.
+        sockets = 2 * (config.total_connections + config.max_stalled)
+        ensure_open_files(sockets + FILES_BESIDES_SOCKETS)
         self.loop.start()
         self.loop.call(self.fetcher.__aenter__())
         self.batcher.start()

@@ -87,8 +87,9 @@ class Settings(BaseSettings):
         default=10_000,
         ge=1,
         description="Unacknowledged messages before the consumer pauses, outputs waiting for "
-        "their turn behind a slow product included (a crash redoes at most this many). To keep "
-        "flowing while some images hang it must cover rate x the longest fetch.",
+        "their turn behind a slow product included (a crash redoes these, and what was "
+        "acknowledged since the last commit). To keep flowing while some images hang it must "
+        "cover rate x the longest fetch.",
     )
     max_in_work: int = Field(
         default=2000,

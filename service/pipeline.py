@@ -91,9 +91,10 @@ class ServiceOptions:
     dead_letter_topic: str
     delivery: DeliveryMode = "at-least-once"
     max_in_flight: int = 10_000
-    """Above this many unacknowledged messages the consumer pauses; it resumes at half. Most
-    are outputs waiting for their turn behind a slow product of their partition (a few KB
-    each); a crash redoes at most this many."""
+    """Above this many unacknowledged messages the consumer pauses; it resumes once both this
+    count and the work in progress are at half their bounds. Most are outputs waiting for
+    their turn behind a slow product of their partition (a few KB each); a crash redoes them
+    (and what was acknowledged since the last commit)."""
     max_in_work: int = 2000
     """Above this many messages whose output is not known yet (images being fetched, decoded
     and classified: the part that holds image bytes) the consumer pauses too."""

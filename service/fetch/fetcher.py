@@ -191,8 +191,8 @@ class _End:
     image_type: ImageType | None = None
     etag: str | None = None
     last_modified: str | None = None
-    stalled: bool = False
-    """It timed out after its host had stalled it (answering others meanwhile)."""
+    stalled_host: str | None = None
+    """The host of the hop that timed out stalled (see `HostLimiter`), if one did."""
 
 
 def _unavailable(kind: str, url: URL | str, reason: str, *, permanent: bool) -> _End:
@@ -343,11 +343,11 @@ class ImageFetcher:
     async def _tries(self, url: URL) -> tuple[_End, int]:
         """Attempt `url` until an attempt ends for good or the retries are spent."""
         attempts = 0
-        stalled = False
+        stalled_host: str | None = None
         while True:
             attempts += 1
-            end = await self._attempt(url, stalled=stalled)
-            stalled = end.stalled
+            end = await self._attempt(url, stalled_host=stalled_host)
+            stalled_host = end.stalled_host
             if not end.retry or attempts > self.config.retries:
                 return end, attempts
             delay = self._backoff(attempts, end.retry_after_s)
@@ -373,15 +373,19 @@ class ImageFetcher:
             return _unavailable(f"blocked_{address_class}", url, blocked, permanent=True)
         return None
 
-    async def _attempt(self, url: URL, *, stalled: bool = False) -> _End:
+    async def _attempt(self, url: URL, *, stalled_host: str | None = None) -> _End:
         """One try: request `url`, following redirects up to the limit, each hop checked.
-        ``stalled``: the previous try of `url` timed out stalled, so this one starts so."""
+        ``stalled_host``: the previous try timed out stalled on this host, so the first hop
+        to it starts stalled."""
         tried = current = url
-        for hop in range(self.config.max_redirects + 1):
+        for _ in range(self.config.max_redirects + 1):
             problem = self._check_hop(current)
             if problem is not None:
                 return problem
-            step = await self._hop(current, stalled=stalled and hop == 0)
+            stalled = stalled_host is not None and (current.host or "").lower() == stalled_host
+            if stalled:
+                stalled_host = None
+            step = await self._hop(current, stalled=stalled)
             if isinstance(step, _End):
                 return step
             tried, current = current, step
@@ -420,8 +424,8 @@ class ImageFetcher:
                 else "read timed out" if isinstance(exc, aiohttp.SocketTimeoutError)
                 else "timed out"
             )  # fmt: skip
-            stalled_now = lease is not None and lease.stalled
-            return dataclasses.replace(_retry("timeout", url, what), stalled=stalled_now)
+            stalled_host = host if lease is not None and lease.stalled else None
+            return dataclasses.replace(_retry("timeout", url, what), stalled_host=stalled_host)
         except aiohttp.ClientSSLError as exc:
             return _unavailable("tls", url, f"TLS failed: {exc}", permanent=False)
         except aiohttp.InvalidURL as exc:

@@ -6,17 +6,18 @@ one of its slots with those, and its healthy requests would queue behind them fo
 timeouts. So a request still waiting for its answer is *stalled* (it gives its slots back and
 waits on outside the caps until it is answered or times out) once either
 
-- the host has given ``2 * per_host`` answers since it started (at least ``per_host`` of them
-  to requests that started later), or
+- the host has answered ``per_host`` requests asked after it (it was overtaken), or
 - it has waited ``stall_factor`` times the host's typical answer time (a moving average of
-  its recent ones, known after ``MIN_ANSWERS``), and at least ``stall_floor_s``. This one
-  also covers the hanging requests left when the host has nothing else to answer.
+  its recent ones, known after ``MIN_ANSWERS``; each answer counts for at most twice the
+  stall time then, so one late answer cannot move it far), and at least ``stall_floor_s``.
+  This one also covers the hanging requests left when the host has nothing else to answer.
 
 A retry of a request that timed out stalled starts stalled: its path, not the host, was the
 problem. Stalled requests are bounded too (``stalled_per_host``, ``max_stalled``); when those
-are full a request keeps its slots. A host that has never answered stalls nothing, and one
-slow across the board keeps its cap (its typical time grows with it); `HostBreaker` deals
-with a silent host.
+are full a request keeps its slots. So one host gets at most ``per_host`` requests that it
+answers in the usual time, plus ``stalled_per_host`` it has left waiting. A host that has
+never answered stalls nothing, and a host that slows down across the board stalls only until
+its typical time has followed; `HostBreaker` deals with a silent host.
 
 `HostBreaker` opens a host's circuit after timeouts in a row with no answer from it.
 """
@@ -46,14 +47,16 @@ class Lease:
     """One request's hold on its host's slots, from before it is sent until it is done."""
 
     host: "_Host"
-    asked_at: int
-    """The host's answer count when the request started."""
+    seq: int
+    """Its place in the order the host's requests were asked."""
     started: float
     """When it started (the event loop's clock)."""
     waiting: bool = True
     """Holding its slots with no answer yet (only such a request can stall)."""
     stalled: bool = False
     """It gave its slots back while waiting."""
+    overtaken: int = 0
+    """Requests asked after it that the host answered while it waited."""
     timer: asyncio.TimerHandle | None = None
 
 
@@ -61,6 +64,7 @@ class Lease:
 class _Host:
     semaphore: asyncio.Semaphore
     users: int = 0
+    asked: int = 0
     answers: int = 0
     typical_s: float = 0.0
     """Moving average of the host's answer times (meaningful after MIN_ANSWERS answers)."""
@@ -96,8 +100,8 @@ class HostLimiter:
         self.stall_factor = stall_factor
         self.stall_floor_s = stall_floor_s
         self.max_hosts = max_hosts
-        self.overtake = 2 * per_host
-        """Answers from the host since a request started that stall it."""
+        self.overtake = per_host
+        """Requests asked later and answered first that stall a waiting one."""
         self.stats: Counter[str] = Counter() if stats is None else stats
         self.stalled = 0
         """Requests stalled now, over all hosts."""
@@ -107,7 +111,10 @@ class HostLimiter:
     def stall_after_s(self, host: str) -> float | None:
         """How long a new request to ``host`` may wait before it stalls; None: not by time."""
         state = self._hosts.get(host)
-        if state is None or state.answers < MIN_ANSWERS or not self.stalled_per_host:
+        return None if state is None else self._stall_after(state)
+
+    def _stall_after(self, state: "_Host") -> float | None:
+        if state.answers < MIN_ANSWERS or not self.stalled_per_host or not self.max_stalled:
             return None
         return max(self.stall_floor_s, self.stall_factor * state.typical_s)
 
@@ -115,16 +122,17 @@ class HostLimiter:
     async def hold(self, host: str, *, stalled: bool = False) -> AsyncIterator[Lease]:
         """Wait for a slot of ``host`` and one of the total, and hold them (unless stalled).
 
-        ``stalled``: the request is a retry of one that timed out stalled (its host answered
-        others while it waited), so it starts stalled, if the caps on stalled requests allow
-        and the host has answered ``MIN_ANSWERS`` times; else it waits for slots as usual.
+        ``stalled``: the request is a retry of one that timed out stalled, so it starts
+        stalled, if the caps on stalled requests allow and the host has answered
+        ``MIN_ANSWERS`` times; else it waits for slots as usual.
         """
         state = self._host(host)
         state.users += 1
         try:
             loop = asyncio.get_running_loop()
+            state.asked += 1
             if stalled and state.answers >= MIN_ANSWERS and self._may_stall(state):
-                lease = Lease(state, state.answers, loop.time(), waiting=False)
+                lease = Lease(state, state.asked, loop.time(), waiting=False)
                 self._count_stall(lease)
             else:
                 await state.semaphore.acquire()
@@ -133,9 +141,9 @@ class HostLimiter:
                 except BaseException:
                     state.semaphore.release()
                     raise
-                lease = Lease(state, state.answers, loop.time())
+                lease = Lease(state, state.asked, loop.time())
                 state.waiting.append(lease)
-                delay = self.stall_after_s(host)
+                delay = self._stall_after(state)
                 if delay is not None:
                     lease.timer = loop.call_later(delay, self._waited, lease, delay)
             try:
@@ -166,17 +174,27 @@ class HostLimiter:
         return state
 
     def answered(self, lease: Lease) -> None:
-        """The request of ``lease`` got its answer; the host's older waiting ones may stall."""
+        """The request of ``lease`` got its answer; the ones asked before it and still waiting
+        were overtaken once more, and may stall."""
         state = lease.host
         elapsed = asyncio.get_running_loop().time() - lease.started
+        stall_after = self._stall_after(state)
+        if stall_after is not None:
+            elapsed = min(elapsed, 2 * stall_after)
         state.typical_s += (elapsed - state.typical_s) * (1 if not state.answers else _SMOOTHING)
         state.answers += 1
         if lease.waiting:
             self._stop_waiting(lease)
-        while state.waiting and state.answers - state.waiting[0].asked_at >= self.overtake:
+        overtaken = []
+        for other in state.waiting:  # oldest first
+            if other.seq < lease.seq:
+                other.overtaken += 1
+                if other.overtaken >= self.overtake:
+                    overtaken.append(other)
+        for other in overtaken:
             if not self._may_stall(state):
                 return
-            self._stall(state.waiting[0])
+            self._stall(other)
 
     def _waited(self, lease: Lease, delay: float) -> None:
         """``lease`` has waited as long as its host allows: stall it, or try again later."""

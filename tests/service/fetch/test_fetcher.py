@@ -308,6 +308,32 @@ class TestFetch:
         first_hang = min(t for kind, t in ends if kind == "timeout")
         assert (oks_first, stalled) == (last_ok < first_hang, stalls)
 
+    def test_a_retry_starts_stalled_only_on_the_host_where_the_try_stalled(self) -> None:
+        """After a redirect, the retry's hop to the host that left it waiting starts stalled,
+        not its first hop to another host."""
+        from yarl import URL
+
+        flags: list[tuple[str, bool]] = []
+
+        async def run() -> None:
+            async with ImageFetcher(FAST) as fetcher:
+
+                async def hop(url: URL, *, stalled: bool = False) -> object:
+                    flags.append((url.host or "", stalled))
+                    if url.host == "a.example":
+                        return URL("http://b.example/x.jpg")
+                    return await original(url, stalled=stalled)
+
+                original = fetcher._hop
+                fetcher._hop = hop  # type: ignore[method-assign]
+                fetcher._check_hop = lambda url: None  # type: ignore[method-assign]
+                fetcher._session = None  # the real hop to b.example must not be reached
+                with pytest.raises(RuntimeError, match="not open"):
+                    await fetcher._attempt(URL("http://a.example/x"), stalled_host="b.example")
+
+        asyncio.run(run())
+        assert [("a.example", False), ("b.example", True)] == flags
+
     def test_an_answer_closes_the_circuit_after_the_cooldown(
         self, image_server: ImageServer
     ) -> None:
