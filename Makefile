@@ -67,7 +67,7 @@ bench-quick: install ## The same figures on smaller inputs (under 5 min): bench/
 
 CHAOS_ARGS ?=
 .PHONY: chaos
-chaos: install ## Every fault scenario, fuzzing and the soak, long versions, one table: docs/reliability.md (about 75 min).
+chaos: install ## Every fault scenario, fuzzing and the soak, long versions, one table: docs/reliability.md (about 35 min).
 	$(BIN)/python -m pip install -q -e '.[dev,fuzz]'
 	deploy/local/with-services.sh $(BIN)/python bench/chaos.py $(CHAOS_ARGS)
 
