@@ -53,13 +53,7 @@ from service.fetch.guard import AddressGuard, BlockedAddressError, GuardedResolv
 from service.fetch.hosts import HostBreaker, HostLimiter, Lease
 from service.fetch.sniff import SNIFF_BYTES, ImageType, looks_like_html, sniff_image_type
 
-__all__ = [
-    "FetchConfig",
-    "FetchOutcome",
-    "FetchResult",
-    "ImageFetcher",
-    "parse_retry_after",
-]
+__all__ = ["FetchConfig", "FetchOutcome", "FetchResult", "ImageFetcher", "parse_retry_after"]
 
 log = structlog.get_logger(__name__)
 

@@ -17,6 +17,7 @@ import pytest
 
 from service.errors import ConfigError
 from service.fetch.fetcher import FetchConfig, FetchResult, ImageFetcher, parse_retry_after
+from service.fetch.hosts import MIN_ANSWERS
 from tests.support.image_server import Behaviour, ImageServer
 
 FAST = FetchConfig(
@@ -308,31 +309,38 @@ class TestFetch:
         first_hang = min(t for kind, t in ends if kind == "timeout")
         assert (oks_first, stalled) == (last_ok < first_hang, stalls)
 
-    def test_a_retry_starts_stalled_only_on_the_host_where_the_try_stalled(self) -> None:
-        """After a redirect, the retry's hop to the host that left it waiting starts stalled,
-        not its first hop to another host."""
-        from yarl import URL
+    def test_a_retry_starts_stalled_only_on_the_host_where_the_try_stalled(
+        self, image_server: ImageServer, shared_data: Path
+    ) -> None:
+        """A URL on one host redirecting to a path that hangs on another: the hop that hung
+        stalls once its host's typical time has passed, and the retry starts stalled on that
+        hop only, not on its first hop to the redirecting host."""
+        other = ImageServer(shared_data / "product-images", host="127.0.0.2").start()
+        try:
+            ok_here = image_server.script("ok", Behaviour(body=JPEG))
+            ok_there = other.script("ok", Behaviour(body=JPEG))
+            hang_there = other.script("hang", Behaviour(hang=True))
+            hop = image_server.script("hop", Behaviour(redirect_to=hang_there))
 
-        flags: list[tuple[str, bool]] = []
+            async def run() -> tuple[FetchResult, int]:
+                config = dataclasses.replace(
+                    FAST, read_timeout_s=0.5, retries=1, breaker_timeouts=100
+                )
+                async with ImageFetcher(config) as fetcher:
+                    for url in [ok_here, ok_there] * MIN_ANSWERS:  # both hosts' typical times
+                        assert (await fetcher.fetch(url)).ok
+                    result = await fetcher.fetch(hop)
+                    return result, fetcher.stats["stalled"]
 
-        async def run() -> None:
-            async with ImageFetcher(FAST) as fetcher:
-
-                async def hop(url: URL, *, stalled: bool = False) -> object:
-                    flags.append((url.host or "", stalled))
-                    if url.host == "a.example":
-                        return URL("http://b.example/x.jpg")
-                    return await original(url, stalled=stalled)
-
-                original = fetcher._hop
-                fetcher._hop = hop  # type: ignore[method-assign]
-                fetcher._check_hop = lambda url: None  # type: ignore[method-assign]
-                fetcher._session = None  # the real hop to b.example must not be reached
-                with pytest.raises(RuntimeError, match="not open"):
-                    await fetcher._attempt(URL("http://a.example/x"), stalled_host="b.example")
-
-        asyncio.run(run())
-        assert [("a.example", False), ("b.example", True)] == flags
+            result, stalled = asyncio.run(run())
+        finally:
+            other.stop()
+        assert ("timeout", 2, 2) == (result.kind, result.attempts, other.hits["/scripted/hang"])
+        # The first try stalls on its wait at 127.0.0.2; the retry starts stalled there. (Were
+        # the retry's first hop, to 127.0.0.1, started stalled instead, its second hop would
+        # stall on its wait again: 3.)
+        assert 2 == stalled
+        assert 2 == image_server.hits["/scripted/hop"]
 
     def test_an_answer_closes_the_circuit_after_the_cooldown(
         self, image_server: ImageServer
