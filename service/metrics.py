@@ -17,6 +17,11 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.consumed = Counter("enrich_consumed", "Input messages consumed.", registry=r)
+        self.redelivered = Counter(
+            "enrich_redelivered",
+            "Input messages the consumer handed out again within one assignment (dropped).",
+            registry=r,
+        )
         self.produced = Counter(
             "enrich_produced", "Enrichment records acknowledged, by status.", ["status"], registry=r
         )

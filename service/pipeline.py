@@ -164,6 +164,8 @@ class EnrichmentService:
         self._last_commit = 0.0
         self._uncommitted = False
         self._positions: dict[tuple[str, int], int] = {}
+        """The last offset taken per partition, since the partition was assigned."""
+        self._rewound: set[tuple[str, int]] = set()
         self._to_start: list[tuple[Product, Pending]] = []
         self._tasks: set[asyncio.Task[Output]] = set()  # held so none is collected mid-run
         # Products handed to the event loop (main thread) and finished there (loop thread):
@@ -203,6 +205,11 @@ class EnrichmentService:
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         if topic is None or partition is None or offset is None:
             return
+        last = self._positions.get((topic, partition))
+        if last is not None and offset <= last:
+            self._redelivered(topic, partition, offset, last)
+            return
+        self._rewound.discard((topic, partition))
         self.summary.consumed += 1
         self.metrics.consumed.inc()
         self._positions[(topic, partition)] = offset
@@ -230,6 +237,26 @@ class EnrichmentService:
             return
         self._to_start.append((product, pending))
         self._started += 1
+
+    def _redelivered(self, topic: str, partition: int, offset: int, last: int) -> None:
+        """Drop a message this assignment already took, and move the consumer back past it.
+
+        librdkafka can rewind a partition it is still looking up a start offset for when the
+        partition is paused and resumed meanwhile (a stale offset-query timer resets it to
+        ``auto.offset.reset`` after messages were handed out; docs/reliability.md). Taking
+        those messages again would produce their outputs twice, in exactly-once mode too.
+        """
+        self.metrics.redelivered.inc()
+        key = (topic, partition)
+        if key in self._rewound:
+            return  # already moved back; the rest of the rewound fetch is still arriving
+        self._rewound.add(key)
+        log.warning("consumer_rewound", topic=topic, partition=partition, offset=offset,
+                    expected=last + 1)  # fmt: skip
+        try:
+            self.consumer.seek(TopicPartition(topic, partition, last + 1))
+        except KafkaError as exc:  # skipping alone keeps the outputs right, only slower
+            log.warning("seek_failed", topic=topic, partition=partition, error=str(exc))
 
     def _start_enrichment(self) -> None:
         """Hand the products taken since the last call to the event loop, in one wake-up."""
@@ -414,8 +441,15 @@ class EnrichmentService:
                 continue
             self.metrics.lag.labels(topic, str(partition)).set(max(0, high - position - 1))
 
+    def _forget_positions(self, keys: list[tuple[str, int]]) -> None:
+        """A partition assigned again starts from its committed offset, taken afresh."""
+        for key in keys:
+            self._positions.pop(key, None)
+            self._rewound.discard(key)
+
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
         self.assigned.update((p.topic, p.partition) for p in partitions)
+        self._forget_positions([(p.topic, p.partition) for p in partitions])
         self.broker_ok = True
         log.info("assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
         if self._paused:
@@ -435,8 +469,7 @@ class EnrichmentService:
             self.consumer.commit()
         dropped = self.queues.drop(keys)
         self.assigned.difference_update(keys)
-        for key in keys:
-            self._positions.pop(key, None)
+        self._forget_positions(keys)
         log.info("revoked", partitions=[f"{t}[{p}]" for t, p in keys], dropped=dropped)
 
     def _on_lost(self, partitions: list[TopicPartition]) -> None:
@@ -452,6 +485,7 @@ class EnrichmentService:
             log.warning("transaction_aborted", reason="partitions lost")
         dropped = self.queues.drop(keys)
         self.assigned.difference_update(keys)
+        self._forget_positions(keys)
         log.warning("lost", partitions=[f"{t}[{p}]" for t, p in keys], dropped=dropped)
 
     # -- the loop -------------------------------------------------------------------------

@@ -94,6 +94,15 @@ class KafkaConsumer:
                 return
             raise KafkaError(f"commit failed: {exc}") from exc
 
+    def seek(self, partition: TopicPartition) -> None:
+        """Fetch `partition` from its offset next (it must be assigned and fetching)."""
+        try:
+            self.client.seek(partition)
+        except confluent_kafka.KafkaException as exc:
+            raise KafkaError(
+                f"cannot seek {partition.topic}[{partition.partition}] to {partition.offset}: {exc}"
+            ) from exc
+
     def pause(self, partitions: Sequence[TopicPartition]) -> None:
         """Stop fetching these partitions while still polling (so the group keeps us)."""
         self.client.pause(list(partitions))

@@ -19,10 +19,12 @@ import confluent_kafka
 import pytest
 from confluent_kafka import TopicPartition
 
+import service.app
 from model.classifier import Classifier
 from service.app import Service
 from service.config import Settings, load_settings
 from service.contract import SingleObjectCodec
+from service.kafka.consumer import KafkaConsumer
 from service.pipeline import RunSummary
 from tests.support.image_server import Behaviour, ImageServer
 from tests.support.models import tiny_model
@@ -474,3 +476,62 @@ class TestExactlyOnce:
         assert 60 == len({m.key() for m in messages})
         committed = _committed(kafka_bootstrap, settings.group_id, topics["input"], 4)
         assert 60 == sum(o for o in committed.values() if o > 0)
+
+
+class RewindingConsumer(KafkaConsumer):
+    """A real consumer that once seeks a partition back to the first offset it handed out,
+    after handing out ``AFTER`` of its messages: what librdkafka's stale offset-query timer
+    does to a partition paused while its start offset is looked up (docs/reliability.md)."""
+
+    AFTER = 20
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.first: dict[tuple[str, int], int] = {}
+        self.handed: dict[tuple[str, int], int] = defaultdict(int)
+        self.rewound: tuple[str, int, int] | None = None
+
+    def consume(self, max_messages: int, timeout: float) -> list[confluent_kafka.Message]:
+        messages = super().consume(max_messages, timeout)
+        for message in messages:
+            if message.error():
+                continue
+            key = (message.topic() or "", message.partition() or 0)
+            self.first.setdefault(key, message.offset() or 0)
+            self.handed[key] += 1
+            if self.rewound is None and self.handed[key] >= self.AFTER:
+                self.rewound = (*key, self.first[key])
+                self.client.seek(TopicPartition(*self.rewound))
+        return messages
+
+
+class TestConsumerRewind:
+    @pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+    def test_a_partition_the_consumer_rewinds_is_answered_once(
+        self,
+        delivery: str,
+        kafka_bootstrap: str,
+        topics: dict[str, str],
+        model_dir: Path,
+        server: ImageServer,
+        photos: list[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Messages a real consumer hands out again are dropped: one output per input."""
+        consumers: list[RewindingConsumer] = []
+
+        def rewinding(config: Any) -> RewindingConsumer:
+            consumers.append(RewindingConsumer(config))
+            return consumers[-1]
+
+        monkeypatch.setattr(service.app, "KafkaConsumer", rewinding)
+        items = [_encode(_product(f"r{i}", server.url_for(photos[i]))) for i in range(200)]
+        _produce(kafka_bootstrap, topics["input"], items)
+        settings = _settings(kafka_bootstrap, topics, model_dir, delivery=delivery)
+        with _Running(settings) as running:
+            messages = _read(kafka_bootstrap, topics["output"], expected=200,
+                             committed=delivery == "exactly-once")  # fmt: skip
+            redelivered = running.service.metrics.redelivered._value.get()
+        assert [c.rewound is not None for c in consumers] == [True]
+        assert (len(messages), len({m.key() for m in messages})) == (200, 200)
+        assert redelivered > 0

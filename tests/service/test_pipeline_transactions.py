@@ -1,16 +1,12 @@
 """Exactly-once bookkeeping in the main loop, with a recording producer (no broker needed)."""
 
-from typing import Any, cast
+from typing import Any
 
 from confluent_kafka import TopicPartition
-from prometheus_client import CollectorRegistry
 
-from service.contract import SingleObjectCodec
-from service.metrics import Metrics
 from service.ordering import Output, Pending
-from service.pipeline import EnrichmentService, ServiceOptions
-
-TOPIC = "products"
+from service.pipeline import EnrichmentService
+from tests.support.pipeline import TOPIC, loop_only_service
 
 
 class RecordingProducer:
@@ -49,22 +45,10 @@ class StubConsumer:
 
 
 def _service(producer: RecordingProducer) -> EnrichmentService:
-    options = ServiceOptions(
-        input_topic=TOPIC, output_topic="out", dead_letter_topic="dlq",
-        delivery="exactly-once", transaction_interval_s=3600.0,
+    return loop_only_service(
+        consumer=StubConsumer(), producer=producer, delivery="exactly-once",
+        transaction_interval_s=3600.0,
     )  # fmt: skip
-    return EnrichmentService(
-        options,
-        consumer=cast(Any, StubConsumer()),
-        producer=cast(Any, producer),
-        product_codec=SingleObjectCodec.for_schema("product"),
-        enrichment_codec=SingleObjectCodec.for_schema("category_enrichment"),
-        images=cast(Any, None),
-        batcher=cast(Any, None),
-        loop=cast(Any, None),
-        model_record={},
-        metrics=Metrics(CollectorRegistry()),
-    )
 
 
 def _finished(service: EnrichmentService, partition: int, offset: int) -> None:
