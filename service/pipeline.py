@@ -165,7 +165,10 @@ class EnrichmentService:
         self._uncommitted = False
         self._positions: dict[tuple[str, int], int] = {}
         """The last offset taken per partition, since the partition was assigned."""
+        self._epochs: dict[tuple[str, int], int | None] = {}
+        """The leader epoch of the last message taken per partition."""
         self._rewound: set[tuple[str, int]] = set()
+        self._to_seek: set[tuple[str, int]] = set()
         self._to_start: list[tuple[Product, Pending]] = []
         self._tasks: set[asyncio.Task[Output]] = set()  # held so none is collected mid-run
         # Products handed to the event loop (main thread) and finished there (loop thread):
@@ -205,11 +208,14 @@ class EnrichmentService:
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         if topic is None or partition is None or offset is None:
             return
-        last = self._positions.get((topic, partition))
-        if last is not None and offset <= last:
-            self._redelivered(topic, partition, offset, last)
+        key = (topic, partition)
+        last = self._positions.get(key)
+        if last is not None and offset <= last and not self._log_rewritten(key, message, last):
+            self._redelivered(key, offset, last)
             return
-        self._rewound.discard((topic, partition))
+        self._rewound.discard(key)
+        self._to_seek.discard(key)
+        self._epochs[key] = message.leader_epoch()
         self.summary.consumed += 1
         self.metrics.consumed.inc()
         self._positions[(topic, partition)] = offset
@@ -238,25 +244,47 @@ class EnrichmentService:
         self._to_start.append((product, pending))
         self._started += 1
 
-    def _redelivered(self, topic: str, partition: int, offset: int, last: int) -> None:
-        """Drop a message this assignment already took, and move the consumer back past it.
+    def _log_rewritten(self, key: tuple[str, int], message: Message, last: int) -> bool:
+        """Whether a message at or below the last offset taken is a new record there: one
+        written under a later leader epoch, after the partition's log was cut back (unclean
+        leader election). It is taken; if later offsets of the partition are still in flight,
+        `PartitionQueues.add` refuses it and the service stops, to restart from its commit."""
+        epoch, known = message.leader_epoch(), self._epochs.get(key)
+        if epoch is None or known is None or epoch <= known:
+            return False
+        log.warning("partition_log_rewritten", topic=key[0], partition=key[1],
+                    offset=message.offset(), last_taken=last, leader_epoch=epoch)  # fmt: skip
+        return True
 
-        librdkafka can rewind a partition it is still looking up a start offset for when the
-        partition is paused and resumed meanwhile (a stale offset-query timer resets it to
-        ``auto.offset.reset`` after messages were handed out; docs/reliability.md). Taking
-        those messages again would produce their outputs twice, in exactly-once mode too.
+    def _redelivered(self, key: tuple[str, int], offset: int, last: int) -> None:
+        """Drop a message this assignment already took; the consumer is moved back past it
+        after the batch (:meth:`_seek_past_rewinds`).
+
+        librdkafka 2.16 can rewind a partition it is still looking up a start offset for
+        when the partition is paused and resumed meanwhile: the outdated offset reply re-arms
+        the offset-query timer, which resets the partition to ``auto.offset.reset`` after
+        messages were handed out (docs/architecture.md). Taking them again would publish
+        their outputs twice, in exactly-once mode too.
         """
         self.metrics.redelivered.inc()
-        key = (topic, partition)
-        if key in self._rewound:
-            return  # already moved back; the rest of the rewound fetch is still arriving
-        self._rewound.add(key)
-        log.warning("consumer_rewound", topic=topic, partition=partition, offset=offset,
-                    expected=last + 1)  # fmt: skip
-        try:
-            self.consumer.seek(TopicPartition(topic, partition, last + 1))
-        except KafkaError as exc:  # skipping alone keeps the outputs right, only slower
-            log.warning("seek_failed", topic=topic, partition=partition, error=str(exc))
+        self._to_seek.add(key)
+        if key not in self._rewound:  # one warning per rewind, not per message
+            self._rewound.add(key)
+            log.warning("consumer_rewound", topic=key[0], partition=key[1], offset=offset,
+                        expected=last + 1)  # fmt: skip
+
+    def _seek_past_rewinds(self) -> None:
+        """Move each partition whose last message in the batch was a dropped copy back to the
+        offset after the last one taken (a batch that went on past it needs no seek)."""
+        for topic, partition in sorted(self._to_seek):
+            last = self._positions.get((topic, partition))
+            if last is None:
+                continue  # revoked meanwhile
+            try:
+                self.consumer.seek(TopicPartition(topic, partition, last + 1))
+            except KafkaError as exc:  # dropping alone keeps the outputs right, only slower
+                log.warning("seek_failed", topic=topic, partition=partition, error=str(exc))
+        self._to_seek.clear()
 
     def _start_enrichment(self) -> None:
         """Hand the products taken since the last call to the event loop, in one wake-up."""
@@ -445,7 +473,9 @@ class EnrichmentService:
         """A partition assigned again starts from its committed offset, taken afresh."""
         for key in keys:
             self._positions.pop(key, None)
+            self._epochs.pop(key, None)
             self._rewound.discard(key)
+            self._to_seek.discard(key)
 
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
         self.assigned.update((p.topic, p.partition) for p in partitions)
@@ -538,6 +568,7 @@ class EnrichmentService:
                         if (message.offset() or 0) >= until.get(key, 0):
                             continue
                     self._handle(message)
+                self._seek_past_rewinds()
                 self._start_enrichment()
                 self._pump()
                 self._update_lag()

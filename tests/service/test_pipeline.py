@@ -480,28 +480,33 @@ class TestExactlyOnce:
 
 class RewindingConsumer(KafkaConsumer):
     """A real consumer that once seeks a partition back to the first offset it handed out,
-    after handing out ``AFTER`` of its messages: what librdkafka's stale offset-query timer
-    does to a partition paused while its start offset is looked up (docs/reliability.md)."""
+    as soon as the group has committed ``AFTER`` of that partition's offsets: what librdkafka's
+    stale offset-query timer does to a partition paused while its start offset is looked up
+    (docs/architecture.md), after the first outputs are acknowledged."""
 
     AFTER = 20
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self.first: dict[tuple[str, int], int] = {}
-        self.handed: dict[tuple[str, int], int] = defaultdict(int)
         self.rewound: tuple[str, int, int] | None = None
+        self._checked = 0.0
 
     def consume(self, max_messages: int, timeout: float) -> list[confluent_kafka.Message]:
         messages = super().consume(max_messages, timeout)
         for message in messages:
-            if message.error():
-                continue
-            key = (message.topic() or "", message.partition() or 0)
-            self.first.setdefault(key, message.offset() or 0)
-            self.handed[key] += 1
-            if self.rewound is None and self.handed[key] >= self.AFTER:
-                self.rewound = (*key, self.first[key])
-                self.client.seek(TopicPartition(*self.rewound))
+            if not message.error():
+                key = (message.topic() or "", message.partition() or 0)
+                self.first.setdefault(key, message.offset() or 0)
+        if self.rewound is None and self.first and time.monotonic() - self._checked > 0.2:
+            self._checked = time.monotonic()
+            asked = [TopicPartition(t, p) for t, p in self.first]
+            for tp in self.client.committed(asked, 10):
+                start = self.first[(tp.topic, tp.partition)]
+                if tp.offset >= start + self.AFTER:
+                    self.rewound = (tp.topic, tp.partition, start)
+                    self.client.seek(TopicPartition(*self.rewound))
+                    break
         return messages
 
 

@@ -1,7 +1,8 @@
 """Offsets the consumer hands out twice within one assignment are taken once (no broker needed).
 
-librdkafka can rewind a partition after a pause/resume (docs/reliability.md); these tests feed
-the main loop such a rewind directly and check what it takes, skips and asks of the consumer.
+librdkafka can rewind a partition after a pause/resume (docs/architecture.md); these tests
+feed the main loop such a rewind directly and check what it takes, drops and asks of the
+consumer.
 """
 
 from __future__ import annotations
@@ -26,85 +27,138 @@ class SeekingConsumer:
         if self.fail:
             raise KafkaError("cannot seek: Local: Erroneous state")
 
+    def commit(self) -> None:
+        """What a revoke asks in at-least-once mode."""
+
+
+class IdleProducer:
+    """What a revoke asks of the producer when nothing is waiting to go out."""
+
+    def flush(self, timeout: float) -> int:
+        return 0
+
+    def poll(self, timeout: float = 0.0) -> int:
+        return 0
+
 
 def _service(consumer: SeekingConsumer) -> EnrichmentService:
-    return loop_only_service(consumer=consumer, producer=None)
+    return loop_only_service(consumer=consumer, producer=IdleProducer())
 
 
-def _feed(service: EnrichmentService, partition: int, offsets: range) -> None:
-    # Not Avro: each message is answered through the dead-letter output at once, no image work.
+def _batch(
+    service: EnrichmentService, partition: int, offsets: range, leader_epoch: int = 0
+) -> None:
+    """One consumed batch: each message into `_handle`, then the end-of-batch seeks."""
     for offset in offsets:
-        message = Message(topic=TOPIC, partition=partition, offset=offset, key=b"k",
-                          value=b"not avro")  # fmt: skip
-        service._handle(message)
+        # Not Avro: answered through the dead-letter output at once, with no image work.
+        service._handle(Message(topic=TOPIC, partition=partition, offset=offset, key=b"k",
+                                value=b"not avro", leader_epoch=leader_epoch))  # fmt: skip
+    service._seek_past_rewinds()
 
 
-def _taken(service: EnrichmentService) -> list[tuple[int, int]]:
-    return [(p.partition, p.offset) for p in service.queues.ready()]
+def _acknowledge_all(service: EnrichmentService) -> None:
+    """The broker acknowledged every output so far: the queues' prefixes are popped."""
+    for pending in list(service.queues.ready()):
+        pending.produced = True
+        service.queues.acknowledge(pending)
+    service.queues.watermarks()
 
 
-def test_a_rewound_partition_is_taken_once_and_the_consumer_moved_back_once() -> None:
-    """Offsets 0-4 handed out again are dropped, counted, and one seek asks for offset 5."""
+def _taken(service: EnrichmentService) -> int:
+    return service.summary.consumed
+
+
+def test_offsets_handed_out_again_after_their_outputs_were_acknowledged_are_dropped() -> None:
+    """The CI case: 0-4 done and popped, 0-4 again, then 5-6: taken 7, one seek to 5."""
     consumer = SeekingConsumer()
     service = _service(consumer)
-    _feed(service, 0, range(5))
+    _batch(service, 0, range(5))
+    _acknowledge_all(service)
     with capture_logs() as logs:
-        _feed(service, 0, range(5))
-    _feed(service, 0, range(5, 7))
-    assert _taken(service) == [(0, offset) for offset in range(7)]
+        _batch(service, 0, range(5))
+    _batch(service, 0, range(5, 7))
+    assert _taken(service) == 7
+    assert [(p.partition, p.offset) for p in service.queues.ready()] == [(0, 5), (0, 6)]
     assert consumer.seeks == [(TOPIC, 0, 5)]
     assert service.metrics.redelivered._value.get() == 5
-    assert service.summary.consumed == 7
-    assert [e["event"] for e in logs] == ["consumer_rewound"]
-    assert (logs[0]["offset"], logs[0]["expected"]) == (0, 5)
+    assert [(e["event"], e["offset"], e["expected"]) for e in logs] == [("consumer_rewound", 0, 5)]
 
 
-def test_a_second_rewind_after_new_messages_moves_the_consumer_back_again() -> None:
-    """Each rewind gets its own seek, to the offset after the last one taken."""
+def test_offsets_handed_out_again_while_still_in_flight_are_dropped() -> None:
+    """A rewind over outputs not yet acknowledged drops the copies instead of failing."""
     consumer = SeekingConsumer()
     service = _service(consumer)
-    _feed(service, 0, range(3))
-    _feed(service, 0, range(2))
-    _feed(service, 0, range(3, 6))
-    _feed(service, 0, range(4, 6))
-    assert consumer.seeks == [(TOPIC, 0, 3), (TOPIC, 0, 6)]
-    assert _taken(service) == [(0, offset) for offset in range(6)]
+    _batch(service, 0, range(3))
+    _batch(service, 0, range(3))
+    assert (_taken(service), len(service.queues), consumer.seeks) == (3, 3, [(TOPIC, 0, 3)])
+
+
+def test_a_batch_that_goes_on_past_the_last_offset_taken_needs_no_seek() -> None:
+    """Copies 0-2 then new 3-4 in one batch: the fetch is already past, so no seek."""
+    consumer = SeekingConsumer()
+    service = _service(consumer)
+    _batch(service, 0, range(3))
+    _batch(service, 0, range(5))
+    assert (_taken(service), consumer.seeks) == (5, [])
+
+
+def test_each_rewind_gets_its_own_warning_and_seek() -> None:
+    """A second rewind, after new offsets were taken, is reported and moved back again."""
+    consumer = SeekingConsumer()
+    service = _service(consumer)
+    with capture_logs() as logs:
+        _batch(service, 0, range(3))
+        _batch(service, 0, range(2))
+        _batch(service, 0, range(2, 3))
+        _batch(service, 0, range(3, 6))
+        _batch(service, 0, range(4, 6))
+    assert consumer.seeks == [(TOPIC, 0, 3), (TOPIC, 0, 3), (TOPIC, 0, 6)]
+    assert [e["event"] for e in logs if e["event"] == "consumer_rewound"] == [
+        "consumer_rewound", "consumer_rewound",
+    ]  # fmt: skip
+    assert _taken(service) == 6
 
 
 def test_a_rewind_of_one_partition_leaves_the_others_alone() -> None:
     """Offsets are tracked per partition: partition 1 may start at an offset 0 already taken."""
     consumer = SeekingConsumer()
     service = _service(consumer)
-    _feed(service, 0, range(3))
-    _feed(service, 1, range(3))
-    assert consumer.seeks == []
-    assert sorted(_taken(service)) == [(p, o) for p in (0, 1) for o in range(3)]
+    _batch(service, 0, range(3))
+    _batch(service, 1, range(3))
+    assert (_taken(service), consumer.seeks) == (6, [])
 
 
 def test_a_failed_seek_is_logged_and_the_rewound_messages_are_still_dropped() -> None:
     """Without the seek the consumer reads the rewound span again, and every copy is dropped."""
     consumer = SeekingConsumer(fail=True)
     service = _service(consumer)
-    _feed(service, 0, range(4))
+    _batch(service, 0, range(4))
     with capture_logs() as logs:
-        _feed(service, 0, range(4))
+        _batch(service, 0, range(4))
     assert [e["event"] for e in logs] == ["consumer_rewound", "seek_failed"]
-    assert _taken(service) == [(0, offset) for offset in range(4)]
-    assert service.metrics.redelivered._value.get() == 4
+    assert (_taken(service), service.metrics.redelivered._value.get()) == (4, 4)
 
 
-def test_a_partition_assigned_again_is_taken_from_its_committed_offset() -> None:
+def test_a_record_written_under_a_later_leader_epoch_is_taken() -> None:
+    """After the log was cut back, an old offset under a new leader epoch is a new record."""
+    consumer = SeekingConsumer()
+    service = _service(consumer)
+    _batch(service, 0, range(5), leader_epoch=3)
+    _acknowledge_all(service)
+    with capture_logs() as logs:
+        _batch(service, 0, range(3, 5), leader_epoch=4)
+    assert (_taken(service), consumer.seeks) == (7, [])
+    assert [e["event"] for e in logs if e["event"] != "dead_letter"] == ["partition_log_rewritten"]
+
+
+def test_a_partition_revoked_lost_or_assigned_again_starts_afresh() -> None:
     """After a revoke, loss or new assignment the same offsets are new work, not a rewind."""
     consumer = SeekingConsumer()
     service = _service(consumer)
-    _feed(service, 0, range(3))
-    service.queues.drop([(TOPIC, 0)])
-    service._on_assign([TopicPartition(TOPIC, 0)])
-    _feed(service, 0, range(3))
-    assert consumer.seeks == []
-    assert _taken(service) == [(0, offset) for offset in range(3)]
-    service.queues.drop([(TOPIC, 0)])
-    service._on_lost([TopicPartition(TOPIC, 0)])
-    _feed(service, 0, range(2))
-    assert consumer.seeks == []
-    assert _taken(service) == [(0, 0), (0, 1)]
+    tp = TopicPartition(TOPIC, 0)
+    for forget in (service._on_revoke, service._on_lost, service._on_assign):
+        _batch(service, 0, range(3))
+        service.queues.drop([(TOPIC, 0)])
+        forget([tp])
+    _batch(service, 0, range(3))
+    assert (_taken(service), consumer.seeks) == (12, [])
