@@ -56,8 +56,9 @@ quality: install ## The documented quality run (about an hour on 2 cores): repor
 	bench/quality_run.sh
 
 .PHONY: bench
-bench: install ## Service benchmarks on real Kafka + Redis (about 25 min): docs/performance.md.
+bench: install ## Service benchmarks on real Kafka + Redis (about 27 min): docs/performance.md.
 	deploy/local/with-services.sh $(BIN)/python -m bench.service_bench $(BENCH_ARGS)
+	deploy/local/with-services.sh $(BIN)/python -m bench.hol_latency
 	$(BIN)/python -m bench.dataset_bench
 
 .PHONY: bench-quick

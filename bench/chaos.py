@@ -2,9 +2,11 @@
 
     .venv/bin/python bench/chaos.py [--inputs 20000] [--kills 10] [--model DIR]
         [--hanging-inputs 30000] [--redis-outage-s 30] [--fuzz-s 300] [--soak-s 600]
-        [--only crash,ssrf,outage,hanging,redis,fuzz,soak]
+        [--decode-images 12] [--decode-workers 8]
+        [--poison-inputs 5000] [--only crash,poison,ssrf,outage,hanging,redis,fuzz,soak,decode]
 
-Needs KAFKA_BOOTSTRAP_SERVERS (``make chaos`` runs it under deploy/local/with-services.sh)
+Needs KAFKA_BOOTSTRAP_SERVERS (``make chaos`` runs it under deploy/local/with-services.sh;
+``--only`` with fuzz and decode alone needs no broker)
 and root for the SSRF row's network namespace (without it the row keeps to loopback and says
 so). Writes docs/reliability.md (the table and the command) and docs/reliability.json. The
 model is an untrained default-shaped `tiny` one unless ``--model`` is given: faults, not
@@ -28,6 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.decode_memory import decode_memory_row  # noqa: E402
 from bench.fuzz import fuzz_row  # noqa: E402
 from bench.soak import soak_row  # noqa: E402
 from service.kafka.admin import KafkaAdmin  # noqa: E402
@@ -40,6 +43,8 @@ from tests.reliability.scenarios import (  # noqa: E402
     broker_outage_scenario,
     crash_scenario,
     hanging_scenario,
+    poison_scenario,
+    poison_topics,
     produce,
     product_value,
     redis_outage_scenario,
@@ -49,7 +54,11 @@ from tests.reliability.scenarios import (  # noqa: E402
 from tests.support.image_server import ImageServer  # noqa: E402
 from tests.support.models import tiny_model  # noqa: E402
 
-SCENARIOS = ("crash", "ssrf", "outage", "hanging", "redis", "fuzz", "soak")
+SCENARIOS = ("crash", "poison", "ssrf", "outage", "hanging", "redis", "fuzz", "soak", "decode")
+_WITHOUT_BROKER = frozenset({"fuzz", "decode"})
+_WITH_MODEL = frozenset(
+    {"crash", "poison", "ssrf", "outage", "hanging", "redis"}
+)  # soak makes its own
 
 
 def _topics(admin: KafkaAdmin, name: str) -> dict[str, str]:
@@ -204,6 +213,8 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--inputs", type=int, default=20_000, help="crash rows: products")
     parser.add_argument("--kills", type=int, default=10, help="crash rows: kill -9s")
     parser.add_argument("--max-in-flight", type=int, default=200, help="crash rows")
+    parser.add_argument("--poison-inputs", type=int, default=5000,
+                        help="poison rows: products (4 poison per 500, one killer)")  # fmt: skip
     parser.add_argument("--outage-s", type=float, default=20.0, help="broker outage")
     parser.add_argument("--hanging-inputs", type=int, default=30_000,
                         help="hanging rows: products per run (three runs)")  # fmt: skip
@@ -219,6 +230,10 @@ def _arguments() -> argparse.Namespace:
                         help="Redis row: flow after Redis is back")  # fmt: skip
     parser.add_argument("--fuzz-s", type=float, default=300.0, help="fuzz rows: per target")
     parser.add_argument("--soak-s", type=float, default=600.0, help="soak row: seconds of load")
+    parser.add_argument("--decode-images", type=int, default=12,
+                        help="decode memory row: 7,070 x 7,070 RGBA PNGs at once")  # fmt: skip
+    parser.add_argument("--decode-workers", type=int, default=8,
+                        help="decode memory row: decode pool threads")  # fmt: skip
     parser.add_argument("--only", default=",".join(SCENARIOS),
                         help=f"comma-separated subset of {','.join(SCENARIOS)}")  # fmt: skip
     parser.add_argument("--model", type=Path, default=None)
@@ -244,8 +259,8 @@ def main() -> None:
     """Run the scenarios, print the table, write docs/reliability.{md,json}."""
     args = _arguments()
     only = set(args.only.split(","))
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
+    if not bootstrap and not only <= _WITHOUT_BROKER:
         sys.exit("chaos: KAFKA_BOOTSTRAP_SERVERS is not set (run `make chaos`)")
     shared = Path(os.environ.get("SHARED_DATA", REPO.parent / "shared" / "data"))
     with (shared / "product-images" / "labels.csv").open() as stream:
@@ -260,7 +275,9 @@ def main() -> None:
         rows.append(row)
 
     with tempfile.TemporaryDirectory() as work:
-        model_dir = args.model or tiny_model(shared, Path(work) / "model", "chaos")
+        model_dir = args.model or Path(work) / "model"
+        if args.model is None and only & _WITH_MODEL:
+            tiny_model(shared, model_dir, "chaos")
         for delivery in ("at-least-once", "exactly-once") if "crash" in only else ():
             topics = _topics(admin, "crash")
             _fill(bootstrap, topics["input"], server, photos, args.inputs)
@@ -268,6 +285,13 @@ def main() -> None:
                 bootstrap=bootstrap, topics=topics, model_dir=model_dir, inputs=args.inputs,
                 kills=args.kills, max_in_flight=args.max_in_flight, delivery=delivery,
                 timeout_s=3600,
+            ))  # fmt: skip
+        for delivery in ("at-least-once", "exactly-once") if "poison" in only else ():
+            note(poison_scenario(
+                bootstrap=bootstrap, topics=poison_topics(admin, "poison"),
+                model_dir=model_dir, urls=[server.url_for(p) for p in photos],
+                inputs=args.poison_inputs, delivery=delivery, work=Path(work) / "poison",
+                timeout_s=1800,
             ))  # fmt: skip
         if "ssrf" in only:
             note(_ssrf(bootstrap, admin, model_dir, Path(work)))
@@ -283,6 +307,9 @@ def main() -> None:
             note(fuzz_row(target, args.fuzz_s, Path(work) / "fuzz" / target))
         if "soak" in only:
             note(_soak(args))
+        if "decode" in only:
+            row, details = decode_memory_row(args.decode_images, workers=args.decode_workers)
+            note(row, **details)
     server.stop()
     _write(args, rows, time.monotonic() - began)
 
@@ -316,6 +343,14 @@ def _write(args: argparse.Namespace, rows: list[Row], seconds: float) -> None:
         "with `read_committed`). *Max recovery*: from a restart to its first new output "
         "(process start, model load and group join included). Every 97th input of the crash "
         "rows is not Avro and is answered through the dead-letter topic.\n\n"
+        f"*Poison records*: {args.poison_inputs:,} products over 4 partitions; every 500th "
+        "is followed by a keyless tombstone, 1.05 MB of undecodable bytes, a product with a "
+        "1.1 MB partner_id and one with a 2,000-byte product_id, and one product kills the "
+        "process whenever it is read (os._exit, as a crashing decoder would). The output topic "
+        "is compacted and the dead-letter topic takes at most 20,000 bytes a record. The "
+        "service is restarted whenever it dies: *runs* counts the starts, *max recovery* is "
+        "the whole run in seconds, and a partition is *stopped* when its committed offset is "
+        "short of its end once every input is answered.\n\n"
         "*SSRF*: image URLs at loopback in every spelling, private and link-local literals, "
         "and, outside loopback, real hosts made for the run: a network namespace joined by a "
         "veth pair with addresses in 10/8, 172.16/12 and 192.168/16, written as literals and "
@@ -330,10 +365,10 @@ def _write(args: argparse.Namespace, rows: list[Row], seconds: float) -> None:
         "healthy products enriched per second (their records' `processed_at`, between the 10th "
         "and 90th percentile) against the all-healthy run; the target is at least 0.5x. "
         "*Delivered* is healthy outputs per second from the first output to the last healthy "
-        "one: outputs leave in source order, so each partition's wait behind its hanging "
-        "product shows there. *Max recovery* there is the longest a hanging product waited "
-        "for its IMAGE_UNAVAILABLE after its image's first request; a row also says how many "
-        "healthy products were not classified, if any.\n\n"
+        "one (runs before per-key order: outputs left in source order, so each partition's "
+        "wait behind its hanging product showed there). *Max recovery* there is the longest a "
+        "hanging product waited for its IMAGE_UNAVAILABLE after its image's first request; "
+        "a row also says how many healthy products were not classified, if any.\n\n"
         f"*Redis outage*: products at {args.redis_rate:g}/s whose images come from 50 URLs; "
         f"{args.redis_before_s:g} s in, the service's Redis stops for {args.redis_outage_s:g} s "
         "and comes back empty; products keep coming for "
@@ -348,6 +383,12 @@ def _write(args: argparse.Namespace, rows: list[Row], seconds: float) -> None:
         "(`bench/soak.py`; 80 % cached images, 15 % fetched, 5 % 404): resident memory after "
         "the warm-up (the first 20 %) against the end must grow less than 10 %, and open fds, "
         "sockets and threads must not rise above their first half's maximum.\n\n"
+        f"*Decode memory burst*: {args.decode_images} RGBA PNGs of 7,070 x 7,070 pixels (about "
+        "220 KB each on the wire, 50 M pixels each decoded) loaded at once through "
+        f"`ImageStage.load` with {args.decode_workers} decode threads, each variant in a fresh "
+        "process (`bench/decode_memory.py`): peak resident memory over the memory before the "
+        "burst, with the default decode budget (`decode_budget_pixels`) and without one; "
+        "*outputs* are the images decoded, *lost* the ones that were not.\n\n"
         "Also in `make test` (tests/reliability/, tests/service/): short versions of the rows "
         "above; hostile images (bomb, truncated, bad CRC, CMYK, 16-bit, palette+alpha, animated "
         "GIF, WebP, 1x1, 1x10000, EXIF-rotated), hostile records (not Avro, unknown "

@@ -29,14 +29,18 @@ from service.batcher import InferenceBatcher
 from service.cache import ImageCache, KeyValueStore
 from service.config import Settings
 from service.contract import SingleObjectCodec
+from service.crashloop import CrashLoopGuard
 from service.errors import ConfigError, KafkaError
 from service.fetch.fetcher import ImageFetcher
 from service.http import start_http
 from service.images import ImageStage
+from service.kafka.admin import KafkaAdmin
 from service.kafka.consumer import KafkaConsumer
 from service.kafka.producer import KafkaProducer
+from service.loop import LoopThread
 from service.metrics import Metrics
-from service.pipeline import EnrichmentService, LoopThread, RunSummary, ServiceOptions
+from service.outputs import DEFAULT_MAX_MESSAGE_BYTES, TopicLimits
+from service.pipeline import EnrichmentService, RunSummary, ServiceOptions
 from service.redis_store import RedisStore
 
 __all__ = ["Service", "end_offsets"]
@@ -244,6 +248,7 @@ class Service:
         images = ImageStage(
             self.fetcher, self.cache, image_size=self.classifier.input_size,
             decode_pool=self._pool, max_pixels=settings.max_image_pixels, metrics=self.metrics,
+            decode_budget_pixels=settings.decode_budget_pixels, min_side=settings.min_image_side,
         )  # fmt: skip
         self.service = EnrichmentService(
             options,
@@ -258,7 +263,33 @@ class Service:
             loop=self.loop,
             model_record=self.classifier.info.to_record(),
             metrics=self.metrics,
+            limits=self._topic_limits(kafka, producer_config, options),
+            guard=CrashLoopGuard(settings.crash_loop_restarts, slack=options.consume_batch),
         )
+
+    def _topic_limits(
+        self, kafka: Mapping[str, Any], producer: Mapping[str, Any], options: ServiceOptions
+    ) -> TopicLimits:
+        """The largest record the output and dead-letter topics take, read from the broker
+        (the broker's default where a topic's configuration cannot be read)."""
+        topics = [options.output_topic, options.dead_letter_topic]
+        try:
+            configs = KafkaAdmin(kafka).topic_configs(topics, timeout=5.0)
+        except KafkaError as exc:
+            log.warning("topic_config_unreadable", topics=topics, error=str(exc))
+            configs = {}
+        for topic in topics:
+            if topic not in configs:
+                log.warning("topic_config_unreadable", topic=topic,
+                            using=DEFAULT_MAX_MESSAGE_BYTES)  # fmt: skip
+        limits = TopicLimits.from_configs(
+            configs.get(topics[0], {}),
+            configs.get(topics[1], {}),
+            int(producer.get("message.max.bytes", 1_000_000)),
+        )
+        log.info("topic_limits", output_bytes=limits.output_bytes,
+                 dead_letter_bytes=limits.dead_letter_bytes)  # fmt: skip
+        return limits
 
     def _options(self, output_topic: str | None = None) -> ServiceOptions:
         s = self.settings

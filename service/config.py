@@ -127,6 +127,23 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         default=50_000_000, ge=1, description="Largest image in pixels (decompression bombs)."
     )
+    decode_budget_pixels: int = Field(
+        default=64_000_000,
+        ge=1,
+        description="Pixels (width x height, as the image header declares them; a JPEG's at the "
+        "scale its draft decodes) decoded at once over all decode workers, admitted first come "
+        "first served: memory is bounded by this budget whatever the images and the core count; "
+        "an image over the whole budget is IMAGE_INVALID. The default lets one max_image_pixels "
+        "image decode, and holds decoding to about 1.5 GiB for RGBA PNGs, the costliest images "
+        "measured at about 24 bytes per budgeted pixel (one 50 M-pixel PNG: +1.2 GiB peak RSS; "
+        "docs/reliability.md, Decode memory budget).",
+    )
+    min_image_side: int = Field(
+        default=32,
+        ge=1,
+        description="Images whose short side is under this many pixels are IMAGE_INVALID "
+        "(a 1 x 1 tracking pixel carries no product).",
+    )
     allowed_networks: str = Field(
         default="",
         description="Comma-separated networks the address guard lets through (default none), "
@@ -148,6 +165,13 @@ class Settings(BaseSettings):
     top_k: int = Field(default=5, ge=1, description="Alternatives per enrichment.")
     metrics_host: str = Field(default="0.0.0.0", description="Address of /metrics, /healthz.")
     metrics_port: int = Field(default=9464, ge=0, le=65535, description="Port of /metrics.")
+    crash_loop_restarts: int = Field(
+        default=3,
+        ge=1,
+        description="Deaths of the process with the same records in work before their "
+        "partition is processed one record at a time, and deaths with one record alone in work "
+        "before that record is quarantined to the dead-letter topic (service/crashloop.py).",
+    )
     shutdown_deadline_s: float = Field(
         default=30.0, gt=0, description="Time to finish in-flight work on SIGTERM or revoke."
     )

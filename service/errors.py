@@ -30,7 +30,18 @@ class UnknownSchemaError(SerializationError):
 
 
 class KafkaError(EnrichError):
-    """The Kafka client reported an error the caller asked it to raise."""
+    """The Kafka client reported an error the caller asked it to raise.
+
+    ``code`` is the client's error name when it gave one (``MSG_SIZE_TOO_LARGE``), which
+    :func:`service.failures.is_record_level` sorts into one record's fault or the
+    infrastructure's; ``abortable`` says the current transaction must be aborted (and can be).
+    """
+
+    def __init__(self, message: str, *, code: str | None = None, abortable: bool = False):
+        """Keep the message, the client's error name and whether the transaction can go on."""
+        super().__init__(message)
+        self.code = code
+        self.abortable = abortable
 
 
 class CacheError(EnrichError):

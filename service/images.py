@@ -8,7 +8,10 @@ a share of two round trips and one thread hop, and under light load a lookup wai
 nobody. On a miss, fetch it; if the content's hash is known, take its pixels from the cache
 (identical content under many URLs is decoded once); otherwise decode and resize off the
 event loop with :func:`model.preprocess.decode_image` (the code training used), then cache
-the pixels (and permanent failures, negatively). Cache writes are write-behind
+the pixels (and permanent failures, negatively). Decodes are admitted by the pixels their
+headers declare against a :class:`DecodeBudget`, so what decoding holds in memory is bounded
+whatever the images and the core count; an image larger than the whole budget, or with a
+side under the minimum, is IMAGE_INVALID. Cache writes are write-behind
 (:class:`CacheWriter`): batched, and no product waits for them. The outcome is data: pixels,
 or a status and a reason.
 """
@@ -26,7 +29,7 @@ import structlog
 from numpy.typing import NDArray
 
 from model.errors import InvalidImageError
-from model.preprocess import decode_image
+from model.preprocess import decode_image, decoded_pixels
 from service.cache import (
     CacheHit,
     CacheResult,
@@ -36,6 +39,7 @@ from service.cache import (
     NegativeStatus,
     Put,
 )
+from service.decode_budget import DecodeBudget
 from service.fetch.fetcher import ImageFetcher
 from service.metrics import Metrics
 from service.records import ImageInfo, Status
@@ -55,10 +59,18 @@ class ImageOutcome:
     reason: str | None = None
 
 
-def _decode(content: bytes, size: int, max_pixels: int) -> NDArray[np.uint8] | str:
+def _weigh(content: bytes, size: int, max_pixels: int, min_side: int) -> int | str:
+    """Read the header in a worker: the pixels decoding will allocate, or why it will not."""
+    try:
+        return decoded_pixels(content, size, max_pixels=max_pixels, min_side=min_side)
+    except InvalidImageError as exc:
+        return str(exc)
+
+
+def _decode(content: bytes, size: int, max_pixels: int, min_side: int) -> NDArray[np.uint8] | str:
     """Decode in a worker: pixels, or the reason the bytes are not a usable image."""
     try:
-        return decode_image(content, size, max_pixels=max_pixels)
+        return decode_image(content, size, max_pixels=max_pixels, min_side=min_side)
     except InvalidImageError as exc:
         return str(exc)
 
@@ -175,14 +187,24 @@ class ImageStage:
         decode_pool: Executor,
         max_pixels: int,
         metrics: Metrics,
+        decode_budget_pixels: int = 64_000_000,
+        min_side: int = 1,
     ) -> None:
-        """Use ``fetcher`` (entered), ``cache`` (optional) and ``decode_pool`` for Pillow."""
+        """Use ``fetcher`` (entered), ``cache`` (optional) and ``decode_pool`` for Pillow.
+
+        At most ``decode_budget_pixels`` pixels are decoded at once (see :class:`DecodeBudget`);
+        images with a side under ``min_side`` pixels are IMAGE_INVALID.
+        """
         self.fetcher = fetcher
         self.cache = cache
         self.image_size = image_size
         self.decode_pool = decode_pool
         self.max_pixels = max_pixels
+        self.min_side = min_side
+        self.budget = DecodeBudget(decode_budget_pixels)
         self.metrics = metrics
+        metrics.decode_pixels.set_function(lambda: self.budget.in_use)
+        metrics.decode_waiting.set_function(lambda: self.budget.waiting)
         self.reader = CacheReader(cache) if cache is not None else None
         self.writer = CacheWriter(cache) if cache is not None else None
 
@@ -232,12 +254,25 @@ class ImageStage:
             if known is not None:
                 self._remember(Put(url, None, digest, result.etag, result.last_modified))
                 return ImageOutcome(info, known)
-        loop = asyncio.get_running_loop()
-        decoded = await loop.run_in_executor(
-            self.decode_pool, _decode, result.content, self.image_size, self.max_pixels
-        )
+        decoded = await self._decode(result.content)
         if isinstance(decoded, str):
             self._remember(NegativePut(url, "IMAGE_INVALID", decoded))
             return ImageOutcome(info, None, "IMAGE_INVALID", decoded)
         self._remember(Put(url, decoded, digest, result.etag, result.last_modified))
         return ImageOutcome(info, decoded)
+
+    async def _decode(self, content: bytes) -> NDArray[np.uint8] | str:
+        """Pixels, or the reason there are none: the header first, then the decode within budget."""
+        args = (content, self.image_size, self.max_pixels, self.min_side)
+        loop = asyncio.get_running_loop()
+        weight = await loop.run_in_executor(self.decode_pool, _weigh, *args)
+        if isinstance(weight, str):
+            return weight
+        if weight > self.budget.capacity:
+            return (
+                f"image needs {weight:,} pixels decoded, more than the whole decode budget "
+                f"of {self.budget.capacity:,} pixels"
+            )
+        if self.budget.would_wait(weight):
+            self.metrics.decode_waits.inc()
+        return await self.budget.run(weight, self.decode_pool, _decode, *args)

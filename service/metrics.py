@@ -28,6 +28,32 @@ class Metrics:
         self.dead_lettered = Counter(
             "enrich_dead_lettered", "Input messages sent to the dead-letter topic.", registry=r
         )
+        self.refused = Counter(
+            "enrich_refused",
+            "Records the broker or client refused (record-level errors), by topic kind and error.",
+            ["kind", "error"],
+            registry=r,
+        )
+        self.dead_letter_lost = Counter(
+            "enrich_dead_letter_lost",
+            "Input messages whose dead-letter copy was refused even cut down (logged, skipped).",
+            registry=r,
+        )
+        self.quarantined = Counter(
+            "enrich_quarantined",
+            "Input messages quarantined to the dead-letter topic after killing the process.",
+            registry=r,
+        )
+        self.already_published = Counter(
+            "enrich_already_published",
+            "Input messages skipped because an earlier owner's output of them is committed.",
+            registry=r,
+        )
+        self.crash_loop_careful = Gauge(
+            "enrich_crash_loop_careful",
+            "Partitions processed one record at a time to corner a record that kills the process.",
+            registry=r,
+        )
         self.fetch_outcomes = Counter(
             "enrich_fetch", "Image fetches by outcome.", ["outcome"], registry=r
         )
@@ -57,6 +83,17 @@ class Metrics:
             "enrich_fetch_stalled",
             "Image requests left waiting by a host that answers others, outside its slots.",
             registry=r,
+        )
+        self.decode_pixels = Gauge(
+            "enrich_decode_pixels",
+            "Pixels being decoded now, against the decode budget (decode_budget_pixels).",
+            registry=r,
+        )
+        self.decode_waiting = Gauge(
+            "enrich_decode_waiting", "Images waiting for room in the decode budget.", registry=r
+        )
+        self.decode_waits = Counter(
+            "enrich_decode_waits", "Images that waited for room in the decode budget.", registry=r
         )
         self.lag = Gauge(
             "enrich_consumer_lag", "Messages behind the partition's end.", ["topic", "partition"],

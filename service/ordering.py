@@ -1,23 +1,30 @@
-"""Per-partition order and the offset watermark: what may be produced, and what committed.
+"""Per-key order and the offset watermark: what may be produced, and what committed.
 
-Products are processed concurrently, but their outputs leave in source order per partition,
-so the last enrichment of a product is always its latest update's. Each consumed message
-becomes a :class:`Pending` entry in its partition's queue, in offset order; the service
-fills in its output when the work is done. :meth:`PartitionQueues.ready` hands out, per
-partition, the finished entries at the head of the queue that were not produced yet, and
-stops at the first unfinished one. When the broker acknowledges an output,
+Products are processed concurrently. The contract promises order per *product* (the record
+key), so an output leaves as soon as it is ready unless an earlier message of the same key in
+the same partition has not left yet: one slow image holds back only the later updates of its
+own product, not the rest of its partition. Each consumed message becomes a :class:`Pending`
+entry in its partition's queue, in offset order; the service fills in its output when the
+work is done. :meth:`PartitionQueues.ready` hands out the finished, unproduced entries whose
+key has nothing earlier waiting. When the broker acknowledges an output,
 :meth:`PartitionQueues.acknowledge` marks it; :meth:`PartitionQueues.watermarks` then pops
 the acknowledged prefix of every queue and returns the offset to store: one past the last
-message whose output, and every earlier one's, is acknowledged.
+message whose output, and every earlier one's, is acknowledged. Offsets never run ahead of
+an unacknowledged output, so a crash redoes it.
 
-The commit order, written down: consume → process (concurrently) → produce in source order →
-broker acknowledges → store offset (watermark) → commit (periodic, on revoke, on shutdown).
+What was produced *above* the watermark is not lost either: :meth:`PartitionQueues.progress`
+lists those offsets (:mod:`service.progress` writes them into the committed offset's
+metadata, so a restart skips them instead of producing them twice). To keep that metadata
+small, a partition never produces past more than ``max_holes`` unproduced entries.
+
+The commit order, written down: consume → process (concurrently) → produce in key order →
+broker acknowledges → store offset (watermark) with the produced offsets above it in its
+metadata → commit (periodic, on revoke, on shutdown).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,12 +63,21 @@ class Pending:
         return self.output is not None
 
 
+MAX_HOLES = 200
+"""Default bound on unproduced entries a partition produces past (each hole costs a range in
+the committed offset's metadata, which the broker caps at 4,096 bytes by default)."""
+
+
 class PartitionQueues:
     """The in-flight messages of every assigned partition, each queue in offset order."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_holes: int = MAX_HOLES) -> None:
+        """``max_holes``: how many unproduced entries a partition may produce past."""
         self._queues: dict[Partition, deque[Pending]] = {}
+        self._waiting: dict[Partition, list[Pending]] = {}
+        """Per partition, the entries not produced yet, in offset order."""
         self._in_flight = 0
+        self.max_holes = max_holes
 
     def __len__(self) -> int:
         """The number of messages consumed whose output is not acknowledged yet."""
@@ -73,24 +89,59 @@ class PartitionQueues:
 
     def add(self, pending: Pending) -> Pending:
         """Append a consumed message; offsets of one partition must increase."""
-        queue = self._queues.setdefault((pending.topic, pending.partition), deque())
+        key = (pending.topic, pending.partition)
+        queue = self._queues.setdefault(key, deque())
         if queue and queue[-1].offset >= pending.offset:
             raise ValueError(
                 f"offset {pending.offset} of {pending.topic}[{pending.partition}] arrived after "
                 f"offset {queue[-1].offset}"
             )
         queue.append(pending)
+        if not pending.produced:
+            self._waiting.setdefault(key, []).append(pending)
         self._in_flight += 1
         return pending
 
-    def ready(self) -> Iterator[Pending]:
-        """Finished, unproduced entries at the head of each queue, in source order."""
-        for queue in self._queues.values():
-            for pending in queue:
-                if not pending.done:
-                    break
-                if not pending.produced:
-                    yield pending
+    def ready(self) -> list[Pending]:
+        """Finished, unproduced entries with nothing earlier of their key waiting, in offset
+        order per partition; the caller produces each (and sets ``produced``)."""
+        out: list[Pending] = []
+        for key, waiting in self._waiting.items():
+            if not waiting:
+                continue
+            blocked: set[bytes | None] = set()
+            keep: list[Pending] = []
+            for pending in waiting:
+                if pending.produced:
+                    continue
+                if pending.done and pending.key not in blocked and len(keep) <= self.max_holes:
+                    out.append(pending)
+                    continue
+                blocked.add(pending.key)
+                keep.append(pending)
+            self._waiting[key] = keep
+        return out
+
+    def unproduce(self, pendings: list[Pending]) -> None:
+        """Hand produced entries out again (their transaction was aborted)."""
+        for pending in pendings:
+            pending.produced = False
+            key = (pending.topic, pending.partition)
+            waiting = self._waiting.setdefault(key, [])
+            if pending not in waiting:
+                waiting.append(pending)
+        for waiting in self._waiting.values():
+            waiting.sort(key=lambda p: p.offset)
+
+    def superseded(self, pending: Pending) -> bool:
+        """Whether a later message of the same key in the same partition was produced."""
+        queue = self._queues.get((pending.topic, pending.partition), ())
+        return any(
+            p.offset > pending.offset and p.key == pending.key and p.produced
+            and p.output is not None and p.output.value is not None
+            and p.output.status != "DEAD_LETTER"
+            for p in queue
+        )  # fmt: skip
 
     def produced(self) -> list[Pending]:
         """Every in-flight entry already handed to the producer, in source order."""
@@ -109,11 +160,32 @@ class PartitionQueues:
                 self._in_flight -= 1
         return moved
 
+    def progress(self, partition: Partition, *, produced: bool) -> tuple[int, list[int]] | None:
+        """Where the partition stands: the offset to commit and the offsets above it whose
+        output is already out, or None when nothing of it is in flight.
+
+        ``produced=False`` (at-least-once) counts acknowledged outputs; ``produced=True``
+        (exactly-once, at a transaction's commit) counts produced ones, since the transaction
+        makes them and the offsets visible together.
+        """
+        queue = self._queues.get(partition)
+        if not queue:
+            return None
+        done = [p.acknowledged or (produced and p.produced) for p in queue]
+        first = next((i for i, d in enumerate(done) if not d), len(queue))
+        if first == len(queue):
+            return queue[-1].offset + 1, []
+        above = [
+            p.offset for p, d in zip(list(queue)[first + 1 :], done[first + 1 :], strict=True) if d
+        ]
+        return queue[first].offset, above
+
     def drop(self, partitions: list[Partition]) -> int:
         """Forget the in-flight work of these partitions (revoked or lost); return how much."""
         dropped = 0
         for key in partitions:
             queue = self._queues.pop(key, None)
+            self._waiting.pop(key, None)
             if queue:
                 dropped += len(queue)
         self._in_flight -= dropped

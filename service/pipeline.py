@@ -4,19 +4,23 @@ Threads, and what each does:
 
 - the **main thread** (:meth:`EnrichmentService.run`) owns the Kafka consumer and producer:
   it consumes, decodes each message, hands each consumed batch's products to the event loop
-  (one wake-up per batch), produces finished outputs in per-partition source order
-  (:mod:`service.ordering`), serves delivery reports, stores offsets up to the acknowledged
-  watermark, pauses and resumes partitions for backpressure, and runs the rebalance callbacks;
+  (one wake-up per batch), has the publishing stage (:mod:`service.publisher`) produce
+  finished outputs in order per product key (:mod:`service.ordering`), serve delivery
+  reports and commit positions, pauses and resumes partitions for backpressure, holds the
+  messages of careful partitions (:mod:`service.crashloop`) and runs the rebalance callbacks;
 - the **event loop thread** (:class:`LoopThread`) runs the image stage (aiohttp fetches,
-  Redis lookups coalesced into one worker-thread call per batch, Pillow decoding in a pool)
-  and the HTTP endpoints;
+  Redis lookups coalesced into one worker-thread call per batch, Pillow decoding in a pool
+  within the decode budget) and the HTTP endpoints;
 - the **inference thread** (:class:`~service.batcher.InferenceBatcher`) classifies batches.
 
-The commit order: consume → process (concurrently) → produce in source order → broker
-acknowledges → store offset (watermark) → commit (asynchronously every ``commit_interval_s``
-while the watermark moves, and synchronously on revoke and shutdown). In ``exactly-once``
-mode the outputs and the consumed offsets are committed together in one producer
-transaction.
+The commit order: consume → process (concurrently) → produce in key order → broker
+acknowledges → store offset (watermark, with the outputs above it and the crash-loop state
+in its metadata) → commit (asynchronously every ``commit_interval_s`` while it moves, and
+synchronously on revoke and shutdown). In ``exactly-once`` mode the outputs and the consumed
+offsets are committed together in one producer transaction.
+
+One bad record costs one record (docs/architecture.md): a failure of one record becomes its
+status or dead-letter entry; only infrastructure failures stop the loop.
 """
 
 from __future__ import annotations
@@ -26,60 +30,35 @@ import datetime as dt
 import functools
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping
-from concurrent.futures import Future
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 
 from service.batcher import InferenceBatcher
 from service.contract import Codec
+from service.crashloop import CrashLoopGuard
 from service.errors import EnrichError, KafkaError, SerializationError
 from service.images import ImageStage
 from service.kafka.consumer import KafkaConsumer
-from service.kafka.producer import DeliveryReport, KafkaProducer
+from service.kafka.producer import KafkaProducer
+from service.loop import LoopThread
 from service.metrics import Metrics
 from service.ordering import Output, PartitionQueues, Pending
+from service.outputs import OutputBuilder, TopicLimits, message_size
+from service.publisher import Publisher
 from service.records import Product, Status, enrichment, parse_product
+from service.redelivery import TakenOffsets
 
 __all__ = ["DeliveryMode", "EnrichmentService", "LoopThread", "RunSummary", "ServiceOptions"]
 
 log = structlog.get_logger(__name__)
 
 DeliveryMode = Literal["at-least-once", "exactly-once"]
-T = TypeVar("T")
-
-
-class LoopThread:
-    """An asyncio event loop in a thread of its own; coroutines are submitted from outside."""
-
-    def __init__(self, name: str = "event-loop") -> None:
-        """Create the loop; :meth:`start` runs it."""
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
-
-    def start(self) -> LoopThread:
-        """Run the loop in its thread."""
-        self._thread.start()
-        return self
-
-    def submit(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
-        """Schedule ``coroutine`` on the loop; the future holds its result."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-
-    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
-        """Run ``coroutine`` on the loop and wait for its result."""
-        return self.submit(coroutine).result(timeout)
-
-    def stop(self) -> None:
-        """Stop the loop and join its thread."""
-        if self._thread.is_alive():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(10)
-        if not self.loop.is_running():
-            self.loop.close()
+Partition = tuple[str, int]
 
 
 @dataclass(frozen=True)
@@ -137,92 +116,114 @@ class EnrichmentService:
         loop: LoopThread,
         model_record: Mapping[str, Any],
         metrics: Metrics,
+        limits: TopicLimits | None = None,
+        guard: CrashLoopGuard | None = None,
     ) -> None:
-        """Wire the parts; nothing talks to the network until :meth:`run`."""
+        """Wire the parts; nothing talks to the network until :meth:`run`.
+
+        ``limits``: the largest record each topic takes (read from the broker by the app);
+        ``guard``: the crash-loop guard (:mod:`service.crashloop`).
+        """
         self.options = options
         self.consumer = consumer
         self.producer = producer
         self.product_codec = product_codec
-        self.enrichment_codec = enrichment_codec
         self.images = images
         self.batcher = batcher
         self.loop = loop
         self.model_record = dict(model_record)
         self.metrics = metrics
+        self.outputs = OutputBuilder(
+            output_topic=options.output_topic, dead_letter_topic=options.dead_letter_topic,
+            codec=enrichment_codec, limits=limits or TopicLimits(),
+        )  # fmt: skip
+        self.guard = guard or CrashLoopGuard()
         self.queues = PartitionQueues()
+        self.taken = TakenOffsets(metrics)
         self.summary = RunSummary()
-        self.assigned: set[tuple[str, int]] = set()
+        self.assigned: set[Partition] = set()
+        self.publisher = Publisher(
+            options, consumer=consumer, producer=producer, queues=self.queues,
+            outputs=self.outputs, guard=self.guard, taken=self.taken, metrics=metrics,
+            summary=self.summary, assigned=self.assigned,
+        )  # fmt: skip
         self.broker_ok = False
         self.alive = False
         self.stopped = False
         self.heartbeat = time.monotonic()
         self._paused = False
-        self._fatal: BaseException | None = None
-        self._in_transaction = False
-        self._last_transaction = 0.0
         self._last_lag = 0.0
-        self._last_commit = 0.0
-        self._uncommitted = False
-        self._positions: dict[tuple[str, int], int] = {}
-        """The last offset taken per partition, since the partition was assigned."""
-        self._epochs: dict[tuple[str, int], int | None] = {}
-        """The leader epoch of the last message taken per partition."""
-        self._rewound: set[tuple[str, int]] = set()
-        self._to_seek: set[tuple[str, int]] = set()
+        self._held: dict[Partition, deque[Message]] = {}
+        """Messages of careful partitions waiting their turn (the partition is paused)."""
         self._to_start: list[tuple[Product, Pending]] = []
         self._tasks: set[asyncio.Task[Output]] = set()  # held so none is collected mid-run
         # Products handed to the event loop (main thread) and finished there (loop thread):
         # one writer each, so their difference is the work in progress.
         self._started = 0
         self._finished_count = 0
-        self._headers = [("content-type", enrichment_codec.content_type.encode())]
 
     # -- per message ----------------------------------------------------------------------
 
     def _source(self, pending: Pending) -> tuple[str, int, int]:
         return pending.topic, pending.partition, pending.offset
 
-    def _encode(self, record: Mapping[str, Any], status: str) -> Output:
-        value = self.enrichment_codec.encode(record)
-        key = str(record["product_id"]).encode()
-        return Output(self.options.output_topic, key, value, list(self._headers), status)
+    def _dead_letter(self, pending: Pending, reason: str) -> Output:
+        """The dead-letter copy of the message behind ``pending``."""
+        return self.publisher.dead_letter(pending, reason)
 
-    def _dead_letter(self, message: Message, pending: Pending, error: str) -> Output:
-        headers: list[tuple[str, bytes]] = []
-        for item in message.headers() or []:
-            name, value = item[0], item[1]
-            raw = value.encode() if isinstance(value, str) else bytes(value or b"")
-            headers.append((str(name), raw))
-        headers += [
-            ("dlq.source.topic", pending.topic.encode()),
-            ("dlq.source.partition", str(pending.partition).encode()),
-            ("dlq.source.offset", str(pending.offset).encode()),
-            ("dlq.error", error.encode()[:4000]),
-        ]
-        return Output(
-            self.options.dead_letter_topic, pending.key, message.value(), headers, "DEAD_LETTER"
-        )
+    def _output(self, pending: Pending, record: Mapping[str, Any], status: str) -> Output:
+        """The enrichment, or the dead-letter copy when the enrichment cannot be produced."""
+        built = self.outputs.enrichment(record, status)
+        if isinstance(built, str):
+            log.warning("dead_letter", topic=pending.topic, partition=pending.partition,
+                        offset=pending.offset, error=built)  # fmt: skip
+            return self._dead_letter(pending, built)
+        return built
 
-    def _handle(self, message: Message) -> None:
-        """Take one consumed message into the pipeline."""
+    def _handle(self, message: Message, *, released: bool = False) -> None:
+        """Take one consumed message into the pipeline (``released``: a held one's turn)."""
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         if topic is None or partition is None or offset is None:
             return
         key = (topic, partition)
-        last = self._positions.get(key)
-        if last is not None and offset <= last and not self._log_rewritten(key, message, last):
-            self._redelivered(key, offset, last)
+        if self.taken.is_copy(message):
             return
-        self._rewound.discard(key)
-        self._to_seek.discard(key)
-        self._epochs[key] = message.leader_epoch()
+        held = self._held.get(key)
+        if (held and not released) or (self.guard.careful(key, offset) and self._careful_busy()):
+            self._hold(key, message)  # one careful record in work at a time: it waits its turn
+            return
+        self.taken.take(message)
+        self.publisher.touch(key)  # the next commit records how far this owner has read
         self.summary.consumed += 1
         self.metrics.consumed.inc()
-        self._positions[(topic, partition)] = offset
-        pending = self.queues.add(Pending(topic, partition, offset, message.key()))
+        pending = Pending(topic, partition, offset, message.key())
+        pending.context["raw"] = (message.value(), message.headers())
+        state = self.guard.state(key)
+        if state is not None and offset in state.skip:
+            # An earlier owner's output of it is committed: producing it again would be a
+            # duplicate (its offset was above that owner's last committed one).
+            pending.produced = pending.acknowledged = True
+            pending.output = Output("", None, None, [], "ALREADY_PUBLISHED")
+            self.queues.add(pending)
+            self.metrics.already_published.inc()
+            return
+        if self.guard.careful(key, offset):  # a death from here on names this record
+            self.publisher.started(key, offset)
+            self.publisher.commit_now([key])
+        self.queues.add(pending)
+        if state is not None and state.quarantine == offset:
+            reason = (
+                f"quarantined: the process died {state.deaths} times while this record was "
+                "the only one in work"
+            )
+            log.error("quarantined", topic=topic, partition=partition, offset=offset,
+                      deaths=state.deaths)  # fmt: skip
+            self.metrics.quarantined.inc()
+            pending.output = self._dead_letter(pending, reason)
+            return
         value = message.value()
         if value is None:
-            pending.output = Output(self.options.output_topic, pending.key, None, [], "TOMBSTONE")
+            self._tombstone(pending)
             return
         try:
             record = self.product_codec.decode(value)
@@ -232,10 +233,11 @@ class EnrichmentService:
             reason = f"{type(exc).__name__}: {exc}"
             log.warning("dead_letter", topic=topic, partition=partition, offset=offset,
                         error=reason)  # fmt: skip
-            pending.output = self._dead_letter(message, pending, reason)
+            pending.output = self._dead_letter(pending, reason)
             return
         if invalid is not None:
-            pending.output = self._encode(
+            pending.output = self._output(
+                pending,
                 enrichment(product, status="INVALID_INPUT", model=self.model_record,
                            source=self._source(pending), error=invalid),
                 "INVALID_INPUT",
@@ -244,47 +246,59 @@ class EnrichmentService:
         self._to_start.append((product, pending))
         self._started += 1
 
-    def _log_rewritten(self, key: tuple[str, int], message: Message, last: int) -> bool:
-        """Whether a message at or below the last offset taken is a new record there: one
-        written under a later leader epoch, after the partition's log was cut back (unclean
-        leader election). It is taken; if later offsets of the partition are still in flight,
-        `PartitionQueues.add` refuses it and the service stops, to restart from its commit."""
-        epoch, known = message.leader_epoch(), self._epochs.get(key)
-        if epoch is None or known is None or epoch <= known:
-            return False
-        log.warning("partition_log_rewritten", topic=key[0], partition=key[1],
-                    offset=message.offset(), last_taken=last, leader_epoch=epoch)  # fmt: skip
-        return True
-
-    def _redelivered(self, key: tuple[str, int], offset: int, last: int) -> None:
-        """Drop a message this assignment already took; the consumer is moved back past it
-        after the batch (:meth:`_seek_past_rewinds`).
-
-        librdkafka 2.16 can rewind a partition it is still looking up a start offset for
-        when the partition is paused and resumed meanwhile: the outdated offset reply re-arms
-        the offset-query timer, which resets the partition to ``auto.offset.reset`` after
-        messages were handed out (docs/architecture.md). Taking them again would publish
-        their outputs twice, in exactly-once mode too.
-        """
-        self.metrics.redelivered.inc()
-        self._to_seek.add(key)
-        if key not in self._rewound:  # one warning per rewind, not per message
-            self._rewound.add(key)
-            log.warning("consumer_rewound", topic=key[0], partition=key[1], offset=offset,
-                        expected=last + 1)  # fmt: skip
+    def _tombstone(self, pending: Pending) -> None:
+        """A tombstone in gives a tombstone out, when the output topic can take it."""
+        reason = None
+        if pending.key is None:
+            reason = "a tombstone without a key: it deletes nothing and compaction refuses it"
+        elif message_size(pending.key, None, []) > self.outputs.limits.output_bytes:
+            reason = f"a tombstone whose {len(pending.key)}-byte key is over the output's limit"
+        if reason is None:
+            pending.output = Output(self.options.output_topic, pending.key, None, [], "TOMBSTONE")
+            return
+        log.warning("dead_letter", topic=pending.topic, partition=pending.partition,
+                    offset=pending.offset, error=reason)  # fmt: skip
+        pending.output = self._dead_letter(pending, reason)
 
     def _seek_past_rewinds(self) -> None:
-        """Move each partition whose last message in the batch was a dropped copy back to the
-        offset after the last one taken (a batch that went on past it needs no seek)."""
-        for topic, partition in sorted(self._to_seek):
-            last = self._positions.get((topic, partition))
-            if last is None:
-                continue  # revoked meanwhile
-            try:
-                self.consumer.seek(TopicPartition(topic, partition, last + 1))
-            except KafkaError as exc:  # dropping alone keeps the outputs right, only slower
-                log.warning("seek_failed", topic=topic, partition=partition, error=str(exc))
-        self._to_seek.clear()
+        """After a batch: move partitions the consumer rewound back past what was taken."""
+        self.taken.seek_past_rewinds(self.consumer)
+
+    def _careful_busy(self) -> bool:
+        """Whether a careful partition has a record in work: then no other careful record
+        starts anywhere in the process, so a death names exactly one record."""
+        return any(
+            self.queues.pending_in([key])
+            for key in self.assigned
+            if (state := self.guard.state(key)) is not None and state.careful
+        )
+
+    def _hold(self, key: Partition, message: Message) -> None:
+        """Keep a careful partition's message for its turn; the partition stops fetching (it
+        resumes from after the held messages, which the consumer already handed out)."""
+        if key not in self._held:
+            self._held[key] = deque()
+            self.consumer.pause([TopicPartition(*key)])
+        self._held[key].append(message)
+
+    def _release_held(self) -> None:
+        """Give held messages their turn: a careful one when no careful record is in work,
+        the rest (past the careful range) at once; a partition with none left fetches again."""
+        for key in list(self._held):
+            queue, released = self._held[key], False
+            while queue:
+                message = queue[0]
+                if self.guard.careful(key, message.offset() or 0) and self._careful_busy():
+                    break
+                queue.popleft()
+                released = True
+                self._handle(message, released=True)
+            if not queue:
+                del self._held[key]
+                if key in self.assigned and not self._paused:
+                    self.consumer.resume([TopicPartition(*key)])
+            elif released:
+                self._held[key] = self._held.pop(key)  # to the end: partitions take turns
 
     def _start_enrichment(self) -> None:
         """Hand the products taken since the last call to the event loop, in one wake-up."""
@@ -303,10 +317,15 @@ class EnrichmentService:
         """Record the output of a finished product (called from the event loop thread)."""
         self._tasks.discard(task)
         self._finished_count += 1
+        if task.cancelled():
+            return  # only on shutdown, past its deadline
         try:
             pending.output = task.result()
-        except BaseException as exc:
-            self._fatal = exc
+        except Exception as exc:  # a failure of this record's processing is its own
+            reason = f"processing failed: {type(exc).__name__}: {exc}"
+            log.error("record_failed", topic=pending.topic, partition=pending.partition,
+                      offset=pending.offset, error=reason)  # fmt: skip
+            pending.output = self._dead_letter(pending, reason)
 
     async def _enrich(self, product: Product, pending: Pending) -> Output:
         """Image → prediction → enrichment record, for one valid product."""
@@ -324,104 +343,21 @@ class EnrichmentService:
                     product, status=status, model=self.model_record, source=source,
                     error=outcome.reason, image=outcome.info,
                 )  # fmt: skip
-                return self._encode(record, status)
+                return self._output(pending, record, status)
             prediction = await self.batcher.classify(outcome.pixels)
             record = enrichment(
                 product, status=prediction.status, model=self.model_record, source=source,
                 prediction=prediction, image=outcome.info,
             )  # fmt: skip
-            return self._encode(record, prediction.status)
+            return self._output(pending, record, prediction.status)
 
-    # -- producing, acknowledging, storing ------------------------------------------------
-
-    def _on_delivery(self, pending: Pending, report: DeliveryReport) -> None:
-        if report.ok and self.options.delivery == "exactly-once":
-            return  # acknowledged when its transaction commits
-        if not report.ok:
-            self._fatal = KafkaError(
-                f"output of {pending.topic}[{pending.partition}]@{pending.offset} was not "
-                f"delivered: {report.error}"
-            )
-            return
-        self._acknowledged(pending)
-
-    def _acknowledged(self, pending: Pending) -> None:
-        self.queues.acknowledge(pending)
-        output = pending.output
-        assert output is not None
-        self.summary.produced += 1
-        self.summary.by_status[output.status] = self.summary.by_status.get(output.status, 0) + 1
-        if output.status == "DEAD_LETTER":
-            self.summary.dead_lettered += 1
-            self.metrics.dead_lettered.inc()
-        else:
-            self.metrics.produced.labels(output.status).inc()
-        event_time = pending.context.get("event_time")
-        if event_time is not None:
-            self.metrics.end_to_end.observe(max(0.0, time.time() - event_time))
-
-    def _produce(self, pending: Pending) -> None:
-        output = pending.output
-        assert output is not None
-        self.producer.produce(
-            output.topic, key=output.key, value=output.value, headers=output.headers,
-            on_delivery=functools.partial(self._on_delivery, pending),
-        )  # fmt: skip
-        pending.produced = True
+    # -- publishing (service/publisher.py) ------------------------------------------------
 
     def _pump(self) -> None:
-        """Produce what is ready in order, serve delivery reports, store the watermark."""
-        if self._fatal is not None:
-            raise EnrichError(f"the service cannot go on: {self._fatal}") from self._fatal
-        if self.options.delivery == "exactly-once":
-            self._pump_transactional()
-        else:
-            for pending in self.queues.ready():
-                self._produce(pending)
-            self.producer.poll(0)
-            moved = self.queues.watermarks()
-            if moved:
-                self.consumer.store_offsets(
-                    [TopicPartition(t, p, offset) for (t, p), offset in moved.items()]
-                )
-                self._uncommitted = True
-            now = time.monotonic()
-            if self._uncommitted and now - self._last_commit >= self.options.commit_interval_s:
-                self.consumer.commit_async()
-                self._uncommitted = False
-                self._last_commit = now
+        """Produce what is ready, serve delivery reports, commit; resume careful partitions."""
+        self.publisher.pump()
         self.metrics.in_flight.set(len(self.queues))
         self.metrics.in_work.set(self.in_work)
-
-    def _pump_transactional(self) -> None:
-        """Exactly-once: outputs and consumed offsets in one transaction, every interval."""
-        ready = list(self.queues.ready())
-        if ready and not self._in_transaction:
-            self.producer.begin_transaction()
-            self._in_transaction = True
-            self._last_transaction = time.monotonic()
-        for pending in ready:
-            self._produce(pending)
-        self.producer.poll(0)
-        due = time.monotonic() - self._last_transaction >= self.options.transaction_interval_s
-        if self._in_transaction and due:
-            self._commit_transaction()
-
-    def _commit_transaction(self) -> None:
-        produced = self.queues.produced()
-        offsets: dict[tuple[str, int], int] = {}
-        for pending in produced:
-            offsets[(pending.topic, pending.partition)] = pending.offset + 1
-        self.producer.send_offsets_to_transaction(
-            [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-            self.consumer.client.consumer_group_metadata(),
-        )
-        self.producer.commit_transaction()
-        self._in_transaction = False
-        for pending in produced:
-            if not pending.acknowledged:
-                self._acknowledged(pending)
-        self.queues.watermarks()
 
     # -- backpressure, lag, rebalance -----------------------------------------------------
 
@@ -448,7 +384,13 @@ class EnrichmentService:
             and in_flight <= options.max_in_flight // 2
             and in_work <= options.max_in_work // 2
         ):
-            self.consumer.resume(self.consumer.assignment())
+            self.consumer.resume(
+                [
+                    tp
+                    for tp in self.consumer.assignment()
+                    if (tp.topic, tp.partition) not in self._held
+                ]
+            )
             self._paused = False
             self.metrics.paused.set(0)
             log.info("resumed", in_flight=in_flight, in_work=in_work)
@@ -458,7 +400,7 @@ class EnrichmentService:
         if now - self._last_lag < self.options.lag_interval_s:
             return
         self._last_lag = now
-        for (topic, partition), position in list(self._positions.items()):
+        for (topic, partition), position in list(self.taken.positions.items()):
             try:
                 _, high = self.consumer.client.get_watermark_offsets(
                     TopicPartition(topic, partition), timeout=1.0, cached=False
@@ -469,53 +411,51 @@ class EnrichmentService:
                 continue
             self.metrics.lag.labels(topic, str(partition)).set(max(0, high - position - 1))
 
-    def _forget_positions(self, keys: list[tuple[str, int]]) -> None:
+    def _forget(self, keys: list[Partition]) -> None:
         """A partition assigned again starts from its committed offset, taken afresh."""
+        self.taken.forget(keys)
+        self.publisher.forget(keys)
         for key in keys:
-            self._positions.pop(key, None)
-            self._epochs.pop(key, None)
-            self._rewound.discard(key)
-            self._to_seek.discard(key)
+            self.guard.forget(key)
+            self._held.pop(key, None)  # not committed: the next owner reads them again
+        self.metrics.crash_loop_careful.set(len(self._careful_partitions()))
+
+    def _careful_partitions(self) -> list[Partition]:
+        return [k for k in self.assigned if (s := self.guard.state(k)) is not None and s.careful]
 
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
-        self.assigned.update((p.topic, p.partition) for p in partitions)
-        self._forget_positions([(p.topic, p.partition) for p in partitions])
+        keys = [(p.topic, p.partition) for p in partitions]
+        self.assigned.update(keys)
+        self._forget(keys)
         self.broker_ok = True
         log.info("assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
+        self.publisher.start_partitions(partitions)
+        self.metrics.crash_loop_careful.set(len(self._careful_partitions()))
         if self._paused:
             self.consumer.pause(partitions)
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]
-        deadline = time.monotonic() + self.options.revoke_deadline_s
-        while self.queues.pending_in(keys) and time.monotonic() < deadline:
-            self._pump()
-            time.sleep(0.005)
-        if self.options.delivery == "exactly-once" and self._in_transaction:
-            self._commit_transaction()
-        elif self.options.delivery == "at-least-once":
-            self.producer.flush(max(0.0, deadline - time.monotonic()))
-            self._pump()
-            self.consumer.commit()
+        if self.publisher.deadline is None:  # on shutdown, _shutdown committed already
+            deadline = time.monotonic() + self.options.revoke_deadline_s
+            while self.queues.pending_in(keys) and time.monotonic() < deadline:
+                self._pump()
+                time.sleep(0.005)
+            try:
+                self.publisher.commit_now(keys, clean=True)
+            except KafkaError as exc:  # the next owner redoes what was not committed
+                log.warning("revoke_commit_failed", error=str(exc))
         dropped = self.queues.drop(keys)
         self.assigned.difference_update(keys)
-        self._forget_positions(keys)
+        self._forget(keys)
         log.info("revoked", partitions=[f"{t}[{p}]" for t, p in keys], dropped=dropped)
 
     def _on_lost(self, partitions: list[TopicPartition]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]
-        if self.options.delivery == "exactly-once" and self._in_transaction:
-            # The open transaction holds outputs of partitions this instance no longer owns and
-            # whose offsets it may not commit: committing it would publish outputs that the
-            # partitions' next owner produces again. Abort it; the others' outputs go again.
-            self.producer.abort_transaction()
-            self._in_transaction = False
-            for pending in self.queues.produced():
-                pending.produced = False
-            log.warning("transaction_aborted", reason="partitions lost")
+        self.publisher.abort_for_lost()
         dropped = self.queues.drop(keys)
         self.assigned.difference_update(keys)
-        self._forget_positions(keys)
+        self._forget(keys)
         log.warning("lost", partitions=[f"{t}[{p}]" for t, p in keys], dropped=dropped)
 
     # -- the loop -------------------------------------------------------------------------
@@ -524,8 +464,8 @@ class EnrichmentService:
         self,
         stop: threading.Event,
         *,
-        until: Mapping[tuple[str, int], int] | None = None,
-        start: Mapping[tuple[str, int], int] | None = None,
+        until: Mapping[Partition, int] | None = None,
+        start: Mapping[Partition, int] | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> RunSummary:
         """Run until ``stop`` is set (serve) or every partition reached ``until`` (replay).
@@ -551,6 +491,7 @@ class EnrichmentService:
             self.assigned.update(until)
             self.broker_ok = True
         done_before = 0
+        failed = True
         try:
             while not stop.is_set():
                 self.heartbeat = time.monotonic()
@@ -569,6 +510,7 @@ class EnrichmentService:
                             continue
                     self._handle(message)
                 self._seek_past_rewinds()
+                self._release_held()
                 self._start_enrichment()
                 self._pump()
                 self._update_lag()
@@ -579,38 +521,48 @@ class EnrichmentService:
                         done_before = done
                     if self._replay_done(until):
                         break
+            failed = False
         finally:
-            self._shutdown()
+            self._shutdown(clean=not failed)
             self.summary.seconds = time.monotonic() - began
         return self.summary
 
-    def _replay_done(self, until: Mapping[tuple[str, int], int]) -> bool:
+    def _replay_done(self, until: Mapping[Partition, int]) -> bool:
         if len(self.queues):
             return False
         for key, end in until.items():
-            if end > 0 and self._positions.get(key, -1) < end - 1:
+            if end > 0 and self.taken.positions.get(key, -1) < end - 1:
                 return False
         return True
 
-    def _shutdown(self) -> None:
-        """Finish in-flight work within the deadline, produce, commit, close."""
-        deadline = time.monotonic() + self.options.shutdown_deadline_s
+    def _shutdown(self, *, clean: bool) -> None:
+        """Finish in-flight work within the deadline, produce, commit, close: every step,
+        the revoke that closing the consumer runs included, ends by the deadline.
+
+        ``clean``: the loop ended as asked (a stop, a finished replay), so the crash-loop
+        guard does not count this run as a death; after an exception it does, and only what
+        is done is committed.
+        """
+        self.publisher.deadline = time.monotonic() + self.options.shutdown_deadline_s
         try:
-            while len(self.queues) and time.monotonic() < deadline and self._fatal is None:
+            while (
+                clean and len(self.queues) and self.publisher.wait(1.0) > 0
+                and not self.publisher.fatal
+            ):  # fmt: skip
                 self._pump()
                 time.sleep(0.005)
-            if self._fatal is None:
-                if self.options.delivery == "exactly-once":
-                    if self._in_transaction:
-                        self._commit_transaction()
-                else:
-                    self.producer.flush(max(1.0, deadline - time.monotonic()))
-                    self._pump()
-                    self.consumer.commit()
+            if self.publisher.fatal is None:
+                try:
+                    self.publisher.commit_now(sorted(self.assigned), clean=clean)
+                except EnrichError as exc:
+                    if clean:
+                        raise
+                    log.warning("final_commit_failed", error=str(exc))
             self.summary.dropped_on_exit = len(self.queues)
             if len(self.queues):
                 log.warning("shutdown_deadline", unfinished=len(self.queues))
         finally:
+            self._cancel_tasks()
             self.alive = False
             self.stopped = True
             self.consumer.close()
@@ -618,6 +570,23 @@ class EnrichmentService:
                 "stopped", consumed=self.summary.consumed, produced=self.summary.produced,
                 by_status=self.summary.by_status,
             )  # fmt: skip
+
+    def _cancel_tasks(self) -> None:
+        """Cancel the products still in work and wait for them to unwind (their output is
+        dropped; the next owner redoes them from the last commit)."""
+        if not self._tasks or self.loop is None:
+            return
+
+        async def cancel() -> None:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            self.loop.call(cancel(), timeout=max(1.0, self.publisher.wait(5.0)))
+        except Exception as exc:  # the loop is stopping anyway
+            log.warning("tasks_not_cancelled", error=str(exc))
 
 
 def now_utc() -> dt.datetime:

@@ -21,6 +21,7 @@ __all__ = [
     "Product",
     "Status",
     "enrichment",
+    "low_confidence_reason",
     "parse_product",
 ]
 
@@ -35,6 +36,12 @@ STATUSES: tuple[Status, ...] = (
     "INVALID_INPUT",
 )
 MAX_URL_LENGTH = 4096
+MAX_KEY_BYTES = 1024
+"""Longest ``product_id`` in UTF-8 bytes: it keys the output, so it cannot be cut."""
+MAX_PARTNER_ID_CHARS = 256
+"""Longest ``partner_id`` copied into an output."""
+MAX_ERROR_CHARS = 1000
+"""Longest ``error`` text in an output."""
 
 
 @dataclass(frozen=True)
@@ -64,15 +71,33 @@ def _utc(value: Any) -> dt.datetime:
 
 
 def parse_product(record: Mapping[str, Any]) -> tuple[Product, str | None]:
-    """The product and, when it cannot be classified from its input, the reason why."""
+    """The product and, when it cannot be classified from its input, the reason why.
+
+    Raises ``ValueError`` when no output can be keyed by it (``product_id`` over
+    :data:`MAX_KEY_BYTES`): that record belongs in the dead-letter topic. A ``partner_id``
+    over :data:`MAX_PARTNER_ID_CHARS` is cut to that length and the product is
+    ``INVALID_INPUT``, so its output stays small.
+    """
+    product_id = str(record["product_id"])
+    if len(product_id.encode()) > MAX_KEY_BYTES:
+        raise ValueError(
+            f"product_id is {len(product_id.encode())} bytes, over the {MAX_KEY_BYTES} that "
+            "key an output"
+        )
+    partner_id = str(record["partner_id"])
     product = Product(
-        product_id=str(record["product_id"]),
-        partner_id=str(record["partner_id"]),
+        product_id=product_id,
+        partner_id=partner_id[:MAX_PARTNER_ID_CHARS],
         image_url=record.get("image_url"),
         updated_at=_utc(record["updated_at"]),
     )
     if not product.product_id.strip():
         return product, "product_id is empty"
+    if len(partner_id) > MAX_PARTNER_ID_CHARS:
+        return product, (
+            f"partner_id is {len(partner_id)} characters, over {MAX_PARTNER_ID_CHARS} (cut in "
+            "this record)"
+        )
     url = (product.image_url or "").strip()
     if not url:
         extra = record.get("additional_image_urls") or []
@@ -93,6 +118,23 @@ def parse_product(record: Mapping[str, Any]) -> tuple[Product, str | None]:
     return product, None
 
 
+def low_confidence_reason(prediction: Prediction) -> str:
+    """Why a LOW_CONFIDENCE answer is an ancestor and not a leaf, in words."""
+    reason = "no leaf cleared the confidence threshold"
+    if prediction.alternatives:
+        best = prediction.alternatives[0]
+        reason = (
+            f"the best leaf ({best.path_string}, {best.probability:.2f}) is under the "
+            "confidence threshold"
+        )
+    if prediction.path:
+        return (
+            f"{reason}; category is its deepest ancestor that cleared it "
+            f"({prediction.path_string}, {prediction.confidence:.2f})"
+        )
+    return f"{reason}; no ancestor cleared it either"
+
+
 def enrichment(
     product: Product,
     *,
@@ -107,6 +149,10 @@ def enrichment(
     """The ``CategoryEnrichment`` record of one product."""
     topic, partition, offset = source
     predicted = prediction.to_record() if prediction is not None else None
+    if error is None and prediction is not None and status == "LOW_CONFIDENCE":
+        error = low_confidence_reason(prediction)
+    if error is not None and len(error) > MAX_ERROR_CHARS:
+        error = error[: MAX_ERROR_CHARS - 1] + "…"
     return {
         "product_id": product.product_id,
         "partner_id": product.partner_id,

@@ -11,6 +11,10 @@ What each fetch keeps to:
 - Only http and https, on every hop. Redirects are followed by hand, at most
   `max_redirects`, and each hop's host is checked by the `AddressGuard`: literal IP hosts
   here, names in the connector's `GuardedResolver`.
+- No credentials in a URL, on any hop: aiohttp would send `user:password@` as an
+  Authorization header, so a redirect could make the service log in somewhere (and
+  `parse_product` refuses them in `image_url` already). Such a URL ends the fetch, for good,
+  before any request to it; the reason and `final_url` never repeat the secret.
 - Timeouts on connect, on each socket read and on each request in total.
 - Retries with exponential backoff and full jitter on timeouts, broken connections, 5xx and
   429, honouring `Retry-After` up to a cap; other 4xx answers are final.
@@ -193,6 +197,15 @@ def _unavailable(kind: str, url: URL | str, reason: str, *, permanent: bool) -> 
     return _End("unavailable", kind, str(url), reason, permanent=permanent)
 
 
+def _credentials(url: URL, what: str) -> _End | None:
+    """The end of a fetch whose next hop `url` carries credentials, or None if it has none."""
+    if url.user is None and url.password is None:
+        return None
+    reason = f"{what} carries credentials (user:password@); refused"
+    log.warning("credentials_refused", url=str(url.with_user(None)), reason=reason)
+    return _unavailable("credentials", url.with_user(None), reason, permanent=True)
+
+
 def _retry(kind: str, url: URL, reason: str, status: int | None = None) -> _End:
     return _End("unavailable", kind, str(url), reason, retry=True, http_status=status)
 
@@ -332,7 +345,7 @@ class ImageFetcher:
             parsed = URL(text)
         except ValueError as exc:
             return _unavailable("malformed_url", text, f"malformed URL: {exc}", permanent=True)
-        return self._check_hop(parsed) or parsed
+        return _credentials(parsed, "URL") or self._check_hop(parsed) or parsed
 
     async def _tries(self, url: URL) -> tuple[_End, int]:
         """Attempt `url` until an attempt ends for good or the retries are spent."""
@@ -442,10 +455,11 @@ class ImageFetcher:
             reason = f"HTTP {response.status} redirect without Location"
             return _End("unavailable", "bad_redirect", str(url), reason, permanent=True)
         try:
-            return url.join(URL(location))
+            target = url.join(URL(location))
         except ValueError as exc:
             reason = f"malformed redirect Location {location!r}: {exc}"
             return _End("unavailable", "bad_redirect", str(url), reason, permanent=True)
+        return _credentials(target, f"HTTP {response.status} redirect target") or target
 
     async def _read(self, url: URL, response: aiohttp.ClientResponse) -> _End:
         """Judge a final answer: its status, its size while streaming, then its bytes."""

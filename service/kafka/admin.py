@@ -1,10 +1,12 @@
 """Topic administration: create and delete topics, read the cluster's metadata."""
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import confluent_kafka
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import ConfigResource
 from confluent_kafka.cimpl import NewTopic
 
 from service.errors import KafkaError
@@ -62,3 +64,26 @@ class KafkaAdmin:
         except confluent_kafka.KafkaException as exc:
             raise KafkaError(f"cannot read cluster metadata: {exc}") from exc
         return {name: len(t.partitions) for name, t in metadata.topics.items()}
+
+    def topic_configs(
+        self, names: Sequence[str], timeout: float = 10.0
+    ) -> dict[str, dict[str, str]]:
+        """The effective configuration of each topic (its own settings and the broker's
+        defaults, e.g. ``max.message.bytes``), in one request; a topic whose configuration
+        cannot be read is left out (and named in the log by the caller)."""
+        resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in names]
+        try:
+            futures = self.client.describe_configs(resources, request_timeout=timeout)
+        except confluent_kafka.KafkaException as exc:
+            raise KafkaError(f"cannot read topic configurations: {exc}") from exc
+        configs: dict[str, dict[str, str]] = {}
+        deadline = time.monotonic() + timeout
+        for resource, future in futures.items():
+            try:
+                entries = future.result(max(0.0, deadline - time.monotonic()))
+            except (confluent_kafka.KafkaException, TimeoutError):
+                continue
+            configs[resource.name] = {
+                key: entry.value for key, entry in entries.items() if entry.value is not None
+            }
+        return configs

@@ -94,6 +94,30 @@ class KafkaConsumer:
                 return
             raise KafkaError(f"commit failed: {exc}") from exc
 
+    def committed(
+        self, partitions: Sequence[TopicPartition], timeout: float = 10.0
+    ) -> list[TopicPartition]:
+        """The group's committed offsets (with their metadata) of these partitions."""
+        try:
+            return list(self.client.committed(list(partitions), timeout=timeout))
+        except confluent_kafka.KafkaException as exc:
+            raise KafkaError(f"cannot read committed offsets: {exc}") from exc
+
+    def start_offset(self, partition: TopicPartition, timeout: float = 10.0) -> int | None:
+        """Where a partition with no committed offset starts: its first offset for
+        ``auto.offset.reset=earliest``, its end for ``latest``, None otherwise."""
+        reset = str(self._config.get("auto.offset.reset", "latest"))
+        if reset not in ("earliest", "smallest", "beginning", "latest", "largest", "end"):
+            return None
+        try:
+            low, high = self.client.get_watermark_offsets(
+                TopicPartition(partition.topic, partition.partition), timeout=timeout,
+                cached=False,
+            )  # fmt: skip
+        except confluent_kafka.KafkaException as exc:
+            raise KafkaError(f"cannot read the offsets of {partition.topic}: {exc}") from exc
+        return int(low if reset in ("earliest", "smallest", "beginning") else high)
+
     def seek(self, partition: TopicPartition) -> None:
         """Fetch `partition` from its offset next (it must be assigned and fetching)."""
         try:

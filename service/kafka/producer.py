@@ -20,6 +20,8 @@ class DeliveryReport:
     offset: int
     key: bytes | None
     error: str | None
+    code: str | None = None
+    """The error's name (``MSG_SIZE_TOO_LARGE``, ``_MSG_TIMED_OUT``...), None when delivered."""
 
     @property
     def ok(self) -> bool:
@@ -81,6 +83,7 @@ class KafkaProducer:
                         offset=-1 if got_offset is None else got_offset,
                         key=msg.key(),
                         error=None if err is None else str(err),
+                        code=None if err is None else err.name(),
                     )
                 )
 
@@ -96,7 +99,7 @@ class KafkaProducer:
                     raise KafkaError(f"producer queue full for topic {topic}") from exc
                 self.client.poll(1.0)
             except confluent_kafka.KafkaException as exc:
-                raise KafkaError(f"cannot produce to {topic}: {exc}") from exc
+                raise KafkaError(f"cannot produce to {topic}: {exc}", code=_name(exc)) from exc
 
     def poll(self, timeout: float = 0.0) -> int:
         """Serve delivery reports; returns how many were served."""
@@ -134,4 +137,14 @@ class KafkaProducer:
         try:
             getattr(self.client, name)(*args)
         except confluent_kafka.KafkaException as exc:
-            raise KafkaError(f"{name} failed: {exc}") from exc
+            error = exc.args[0] if exc.args else None
+            abortable = bool(
+                isinstance(error, confluent_kafka.KafkaError) and error.txn_requires_abort()
+            )
+            raise KafkaError(f"{name} failed: {exc}", code=_name(exc), abortable=abortable) from exc
+
+
+def _name(exc: confluent_kafka.KafkaException) -> str | None:
+    """The error name inside a client exception (``MSG_SIZE_TOO_LARGE``), if it has one."""
+    error = exc.args[0] if exc.args else None
+    return error.name() if isinstance(error, confluent_kafka.KafkaError) else None

@@ -1,7 +1,9 @@
-"""decode_image: any image becomes the same (size, size, 3) uint8 RGB, or a clear error."""
+"""decode_image: any image becomes the same (size, size, 3) uint8 RGB, or a clear error;
+decoded_pixels: what decoding it will allocate, from the header alone."""
 
 import base64
 import io
+import os
 import struct
 import time
 import zlib
@@ -12,7 +14,7 @@ import pytest
 from PIL import Image
 
 from model.errors import InvalidImageError
-from model.preprocess import decode_image
+from model.preprocess import PILLOW_BLOCK_SIZE, decode_image, decoded_pixels
 
 
 def _encode(image: Image.Image, fmt: str, **params: object) -> bytes:
@@ -164,3 +166,62 @@ class TestDecodeImage:
         data = _encode(Image.new("RGB", (100, 100)), "PNG")
         with pytest.raises(InvalidImageError, match=r"exceeds the limit"):
             decode_image(data, 8, max_pixels=9_999)
+
+    @pytest.mark.parametrize(
+        ("width", "height", "refused"),
+        [(1, 1, True), (31, 1000, True), (1000, 31, True), (32, 32, False), (32, 1000, False)],
+    )
+    def test_a_short_side_under_min_side_is_refused(
+        self, width: int, height: int, refused: bool
+    ) -> None:
+        """An image whose short side is under min_side is refused with its size in the reason."""
+        data = _encode(Image.new("RGB", (width, height), RED), "PNG")
+        if refused:
+            reason = f"image of {width}x{height} pixels is too small (short side under 32 pixels)"
+            with pytest.raises(InvalidImageError) as caught:
+                decode_image(data, 8, min_side=32)
+            assert reason == str(caught.value)
+        else:
+            assert (8, 8, 3) == decode_image(data, 8, min_side=32).shape
+
+    def test_min_side_is_off_by_default(self) -> None:
+        """Without min_side a 1x1 image still decodes (training keeps what it was given)."""
+        assert (8, 8, 3) == decode_image(_encode(Image.new("RGB", (1, 1), RED), "PNG"), 8).shape
+
+
+def test_large_images_are_allocated_in_blocks_that_go_back_to_the_system() -> None:
+    """Pillow's blocks are 64 MiB, above glibc's largest mmap threshold, unless set otherwise."""
+    if "PILLOW_BLOCK_SIZE" in os.environ:
+        pytest.skip("PILLOW_BLOCK_SIZE is set: the operator's block size wins")
+    assert (64 * 1024 * 1024, PILLOW_BLOCK_SIZE) == (PILLOW_BLOCK_SIZE, Image.core.get_block_size())
+
+
+class TestDecodedPixels:
+    """decoded_pixels()."""
+
+    def test_a_png_is_weighed_by_its_header(self) -> None:
+        """A PNG weighs its declared width x height; its pixel data is never read."""
+        assert 10_000 * 2_000 == decoded_pixels(_png_header_only(10_000, 2_000), 32)
+
+    def test_a_jpeg_is_weighed_at_its_draft_scale(self) -> None:
+        """A JPEG weighs the DCT scale its draft decodes (the smallest still twice the size)."""
+        data = _encode(Image.new("RGB", (2_000, 1_000), RED), "JPEG")
+        assert [250 * 125, 500 * 250, 2_000 * 1_000] == [
+            decoded_pixels(data, size) for size in (60, 64, 2_000)
+        ]
+
+    @pytest.mark.parametrize(
+        ("data", "reason"),
+        [
+            (b"<!doctype html><html></html>", "not an image"),
+            (_png_header_only(100_000, 100_000), "exceeds the limit"),
+            (_encode(Image.new("RGB", (4, 4)), "TIFF"), "unsupported image format TIFF"),
+            (_encode(Image.new("RGB", (1, 1)), "PNG"), "too small"),
+        ],
+    )
+    def test_refuses_what_decode_image_refuses_before_decoding(
+        self, data: bytes, reason: str
+    ) -> None:
+        """Bytes decode_image would refuse from the header raise the same InvalidImageError."""
+        with pytest.raises(InvalidImageError, match=reason):
+            decoded_pixels(data, 32, min_side=32)

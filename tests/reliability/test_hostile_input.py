@@ -82,12 +82,12 @@ def _hostile_images(photo: bytes) -> dict[str, tuple[bytes, str]]:
         "truncated-jpeg": (photo[: len(photo) // 2], "IMAGE_INVALID"),
         "bad-crc-png": (_bad_crc_png(), "IMAGE_INVALID"),
         "cmyk-jpeg": (_save(Image.new("CMYK", (50, 40), (0, 100, 200, 10)), "JPEG"), "OK"),
-        "16-bit-png": (_save(Image.new("I;16", (30, 30), 40000), "PNG"), "OK"),
+        "16-bit-png": (_save(Image.new("I;16", (32, 32), 40000), "PNG"), "OK"),
         "palette-alpha": (_save(palette, "PNG"), "OK"),
         "animated-gif": (_animated_gif(), "OK"),
-        "webp": (_save(Image.new("RGB", (33, 21), (5, 5, 250)), "WEBP"), "OK"),
-        "1x1": (_save(Image.new("RGB", (1, 1), (255, 0, 0)), "PNG"), "OK"),
-        "1x10000": (_save(Image.new("RGB", (1, 10_000), (0, 0, 0)), "PNG"), "OK"),
+        "webp": (_save(Image.new("RGB", (33, 32), (5, 5, 250)), "WEBP"), "OK"),
+        "1x1": (_save(Image.new("RGB", (1, 1), (255, 0, 0)), "PNG"), "IMAGE_INVALID"),
+        "1x10000": (_save(Image.new("RGB", (1, 10_000), (0, 0, 0)), "PNG"), "IMAGE_INVALID"),
         "exif-rotated": (_exif_rotated(photo), "OK"),
         "empty": (b"", "IMAGE_INVALID"),
         "text": (b"GIF89a but not really" * 10, "IMAGE_INVALID"),
@@ -132,6 +132,7 @@ class TestHostileImages:
             if record["status"] == "IMAGE_INVALID":
                 assert record["error"], name
         assert "pixels" in records["bomb"]["error"]
+        assert "too small" in records["1x1"]["error"]
 
 
 class TestHostileRecords:

@@ -1,11 +1,15 @@
-"""The image stage's cache reader and writer: calls from one event loop coalesced into batches."""
+"""The image stage: its cache reader and writer (calls from one event loop coalesced into
+batches), and ImageStage.load against the local image server (decode budget, minimum size)."""
 
 import asyncio
+import io
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from PIL import Image
 from structlog.testing import capture_logs
 
 from service.cache import (
@@ -17,7 +21,10 @@ from service.cache import (
     NegativePut,
     Put,
 )
-from service.images import CacheReader, CacheWriter
+from service.fetch.fetcher import FetchConfig, ImageFetcher
+from service.images import CacheReader, CacheWriter, ImageOutcome, ImageStage
+from service.metrics import Metrics
+from tests.support.image_server import Behaviour, ImageServer
 
 SIZE = 8
 
@@ -224,3 +231,88 @@ def test_writer_bounds_must_be_positive() -> None:
     """A writer that could never write is refused."""
     with pytest.raises(ValueError, match="bounds"):
         CacheWriter(CountingCache(), max_queued=0)
+
+
+def _png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _load(
+    server: ImageServer, bodies: dict[str, bytes], *, budget: int = 10_000, min_side: int = 1
+) -> tuple[list[ImageOutcome], list[ImageOutcome], Metrics, ImageStage]:
+    """Serve ``bodies``, load them all at once through an ImageStage with an in-memory cache,
+    then once more (from the cache); both rounds' outcomes, the metrics and the stage."""
+    urls = [server.script(name, Behaviour(body=body, content_type="image/png"))
+            for name, body in bodies.items()]  # fmt: skip
+    metrics = Metrics()
+    config = FetchConfig(allowed_networks=("127.0.0.0/8",), retries=0)
+
+    async def run() -> tuple[list[ImageOutcome], list[ImageOutcome], ImageStage]:
+        with ThreadPoolExecutor(4) as pool:
+            async with ImageFetcher(config) as fetcher:
+                stage = ImageStage(
+                    fetcher, ImageCache(MemoryStore(), image_size=SIZE), image_size=SIZE,
+                    decode_pool=pool, max_pixels=1_000_000, metrics=metrics,
+                    decode_budget_pixels=budget, min_side=min_side,
+                )  # fmt: skip
+                first = await asyncio.gather(*(stage.load(url) for url in urls))
+                await stage.flush()
+                again = await asyncio.gather(*(stage.load(url) for url in urls))
+                return list(first), list(again), stage
+
+    first, again, stage = asyncio.run(run())
+    return first, again, metrics, stage
+
+
+def _status(outcome: ImageOutcome) -> tuple[str, str | None]:
+    return ("OK" if outcome.pixels is not None else str(outcome.status)), outcome.reason
+
+
+@pytest.mark.integration
+class TestImageStageDecode:
+    """ImageStage.load(): what the decode budget and the minimum side let through."""
+
+    def test_images_beyond_the_budget_together_are_decoded_in_turn(
+        self, image_server: ImageServer
+    ) -> None:
+        """Eight 80x80 images against room for one decode each at a time all decode; the
+        others waited, and no pixel stays held."""
+        bodies = {f"p{i}": _png(80, 80 + i) for i in range(8)}
+        first, _, metrics, stage = _load(image_server, bodies, budget=7_000)
+        assert [("OK", None)] * 8 == [_status(o) for o in first]
+        assert (0, 0) == (stage.budget.in_use, stage.budget.waiting)
+        assert stage.budget.waits >= 1
+        summary = metrics.summary()
+        assert stage.budget.waits == summary["enrich_decode_waits_total"]
+        assert b"enrich_decode_pixels 0.0" in metrics.render()
+
+    def test_an_image_over_the_whole_budget_is_invalid_and_remembered(
+        self, image_server: ImageServer
+    ) -> None:
+        """An image needing more pixels than the whole budget is IMAGE_INVALID, and the cache
+        answers the next load with the same reason; a smaller one still decodes."""
+        first, again, _, stage = _load(
+            image_server, {"big": _png(101, 100), "fits": _png(100, 100)}, budget=10_000
+        )
+        reason = (
+            "image needs 10,100 pixels decoded, more than the whole decode budget of 10,000 pixels"
+        )
+        assert [("IMAGE_INVALID", reason), ("OK", None)] == [_status(o) for o in first]
+        assert [("IMAGE_INVALID", reason), ("OK", None)] == [_status(o) for o in again]
+        assert [True, True] == [o.info.from_cache for o in again]
+        assert (1, 0) == (image_server.hits["/scripted/big"], stage.budget.in_use)
+
+    @pytest.mark.parametrize(
+        ("width", "height", "too_small"), [(1, 1, True), (31, 500, True), (32, 32, False)]
+    )
+    def test_an_image_with_a_short_side_under_the_minimum_is_invalid(
+        self, image_server: ImageServer, width: int, height: int, too_small: bool
+    ) -> None:
+        """A tracking pixel or a thin strip is IMAGE_INVALID with its size in the reason, and
+        remembered as such."""
+        reason = f"image of {width}x{height} pixels is too small (short side under 32 pixels)"
+        expected = ("IMAGE_INVALID", reason) if too_small else ("OK", None)
+        first, again, _, _ = _load(image_server, {"img": _png(width, height)}, min_side=32)
+        assert [expected, expected] == [_status(first[0]), _status(again[0])]

@@ -70,3 +70,78 @@ class TestPartitionQueues:
         queues.add(Pending("in", 0, 5, None))
         with pytest.raises(ValueError, match="arrived after"):
             queues.add(Pending("in", 0, 5, None))
+
+
+class TestOrderPerKey:
+    def test_a_slow_product_holds_back_only_its_own_key(self) -> None:
+        """Other products of the partition leave while one image is still loading."""
+        queues = PartitionQueues()
+        slow = queues.add(Pending("in", 0, 0, b"a"))
+        later_a, other = (queues.add(Pending("in", 0, o, k)) for o, k in ((1, b"a"), (2, b"b")))
+        later_a.output = _output()
+        other.output = _output()
+        assert [2] == [p.offset for p in queues.ready()]
+        slow.output = _output()
+        assert [0, 1] == [p.offset for p in queues.ready()]
+
+    def test_the_watermark_still_waits_for_the_slow_product(self) -> None:
+        """Offsets never move past an output that is not acknowledged."""
+        queues = PartitionQueues()
+        slow = queues.add(Pending("in", 0, 0, b"a"))
+        other = queues.add(Pending("in", 0, 1, b"b"))
+        other.output = _output()
+        for pending in queues.ready():
+            pending.produced = True
+            queues.acknowledge(pending)
+        assert {} == queues.watermarks()
+        assert (0, [1]) == queues.progress(("in", 0), produced=False)
+        assert slow.output is None
+
+    def test_progress_counts_produced_outputs_only_when_asked(self) -> None:
+        """Exactly-once commits produced outputs with their transaction; at-least-once waits
+        for the broker's acknowledgement."""
+        queues = PartitionQueues()
+        queues.add(Pending("in", 0, 0, b"a"))
+        done = queues.add(Pending("in", 0, 1, b"b"))
+        done.output = _output()
+        done.produced = True
+        assert (0, []) == queues.progress(("in", 0), produced=False)
+        assert (0, [1]) == queues.progress(("in", 0), produced=True)
+
+    def test_a_partition_produces_past_at_most_max_holes_waiting_entries(self) -> None:
+        """The committed metadata stays small: past max_holes gaps, outputs wait."""
+        for max_holes, expected in ((2, []), (3, [3, 4, 5])):
+            queues = PartitionQueues(max_holes=max_holes)
+            items = [queues.add(Pending("in", 0, o, str(o).encode())) for o in range(6)]
+            for item in items[3:]:
+                item.output = _output()
+            assert expected == [p.offset for p in queues.ready()]
+        queues = PartitionQueues(max_holes=1)
+        items = [queues.add(Pending("in", 0, o, str(o).encode())) for o in range(4)]
+        items[1].output = items[3].output = _output()
+        assert [1] == [p.offset for p in queues.ready()]
+
+    def test_unproduced_entries_are_handed_out_again_in_order(self) -> None:
+        """After an aborted transaction its outputs go again, in offset order."""
+        queues = PartitionQueues()
+        items = [queues.add(Pending("in", 0, o, b"k")) for o in range(3)]
+        for item in items:
+            item.output = _output()
+        for pending in queues.ready():
+            pending.produced = True
+        queues.unproduce(list(reversed(items)))
+        assert [0, 1, 2] == [p.offset for p in queues.ready()]
+
+    def test_a_refused_output_is_superseded_once_a_later_update_of_its_key_is_out(self) -> None:
+        """Retrying it then would put the older answer last on the compacted topic."""
+        queues = PartitionQueues()
+        older = queues.add(Pending("in", 0, 5, b"k"))
+        other = queues.add(Pending("in", 0, 6, b"j"))
+        newer = queues.add(Pending("in", 0, 7, b"k"))
+        for item in (older, other, newer):
+            item.output = _output()
+        assert not queues.superseded(older)
+        other.produced = True
+        assert not queues.superseded(older)
+        newer.produced = True
+        assert queues.superseded(older)

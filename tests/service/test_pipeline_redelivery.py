@@ -27,8 +27,18 @@ class SeekingConsumer:
         if self.fail:
             raise KafkaError("cannot seek: Local: Erroneous state")
 
-    def commit(self) -> None:
+    def commit(self, offsets: object = None) -> None:
         """What a revoke asks in at-least-once mode."""
+
+    def store_offsets(self, offsets: object) -> None:
+        """What a revoke asks in at-least-once mode."""
+
+    def committed(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """Nothing committed yet: every partition starts where the consumer says."""
+        return [TopicPartition(p.topic, p.partition, -1001) for p in partitions]
+
+    def start_offset(self, partition: TopicPartition) -> None:
+        """No reset policy known: the guard leaves the partition alone."""
 
 
 class IdleProducer:

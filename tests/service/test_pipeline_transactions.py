@@ -4,8 +4,10 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
+from service.errors import KafkaError
 from service.ordering import Output, Pending
 from service.pipeline import EnrichmentService
+from service.progress import Progress
 from tests.support.pipeline import TOPIC, loop_only_service
 
 
@@ -24,7 +26,9 @@ class RecordingProducer:
     def poll(self, timeout: float = 0.0) -> int:
         return 0
 
-    def send_offsets_to_transaction(self, offsets: list[TopicPartition], _meta: Any) -> None:
+    def send_offsets_to_transaction(
+        self, offsets: list[TopicPartition], _meta: Any, timeout: float = 30.0
+    ) -> None:
         self.calls.append(("offsets", sorted((o.partition, o.offset) for o in offsets)))
 
     def commit_transaction(self, timeout: float = 30.0) -> None:
@@ -66,7 +70,7 @@ def test_losing_partitions_aborts_the_open_transaction_and_reproduces_the_rest()
     service._pump()
     service._on_lost([TopicPartition(TOPIC, 0)])
     service._pump()
-    service._commit_transaction()
+    service.publisher.commit_transaction()
     assert producer.calls == [
         "begin", ("produce", b"p0-10"), ("produce", b"p1-20"),
         "abort",
@@ -82,3 +86,50 @@ def test_losing_partitions_outside_a_transaction_aborts_nothing() -> None:
     _finished(service, 0, 10)
     service._on_lost([TopicPartition(TOPIC, 0)])
     assert (producer.calls, len(service.queues)) == ([], 0)
+
+
+class RefusingProducer(RecordingProducer):
+    """Refuses one key at once, as the client does with a record over message.max.bytes."""
+
+    def __init__(self, refused: bytes) -> None:
+        super().__init__()
+        self.refused = refused
+        self.offsets: list[TopicPartition] = []
+
+    def produce(self, topic: str, **kwargs: Any) -> None:
+        if kwargs["key"] == self.refused:
+            raise KafkaError("cannot produce: too large", code="MSG_SIZE_TOO_LARGE")
+        super().produce(topic, **kwargs)
+
+    def send_offsets_to_transaction(
+        self, offsets: list[TopicPartition], _meta: Any, timeout: float = 30.0
+    ) -> None:
+        self.offsets = offsets
+        super().send_offsets_to_transaction(offsets, _meta, timeout)
+
+
+def test_a_record_the_client_refuses_is_never_committed_as_done() -> None:
+    """The transaction commits the offset of the refused record, not past it, and its
+    metadata does not list it among the outputs already out."""
+    producer = RefusingProducer(b"p0-11")
+    service = _service(producer)
+    for offset in (10, 11, 12):
+        _finished(service, 0, offset)
+    service._pump()
+    service.publisher.commit_transaction()
+    (offset,) = producer.offsets
+    assert 11 == offset.offset
+    assert (12,) == Progress.decode(offset.metadata, 11).done
+
+
+def test_an_earlier_owners_published_offsets_stay_in_the_metadata() -> None:
+    """Offsets an earlier owner published above the commit, not reached yet, are written
+    again with this owner's commits, so a later owner skips them too."""
+    producer = RecordingProducer()
+    service = _service(producer)
+    key = (TOPIC, 0)
+    service.guard.assigned(key, 100, Progress(done=(105, 107)))
+    service.publisher.started(key, 100)
+    service.assigned.add(key)
+    (offset,) = service.publisher.positions([key])
+    assert (100, (105, 107)) == (offset.offset, Progress.decode(offset.metadata, 100).done)

@@ -224,6 +224,46 @@ class TestFetch:
         result = _fetch(image_server.script("hop", Behaviour(redirect_to=location)))
         assert expected == (result.outcome, result.reason, result.permanent)
 
+    @pytest.mark.parametrize("userinfo", ["user:secret@", "user@", ":secret@"])
+    def test_a_redirect_to_a_url_with_credentials_is_refused(
+        self, image_server: ImageServer, userinfo: str
+    ) -> None:
+        """A redirect to user:password@ ends the fetch for good, unrequested, secret unrepeated."""
+        image_server.script("final", Behaviour(body=JPEG))
+        target = f"http://{userinfo}127.0.0.1:{image_server.port}/scripted/final"
+        result = _fetch(image_server.script("hop", Behaviour(redirect_to=target)))
+        expected = (
+            "unavailable",
+            "HTTP 302 redirect target carries credentials (user:password@); refused",
+            True,
+            "credentials",
+            f"{image_server.base_url}/scripted/final",
+            0,
+        )
+        assert expected == (
+            result.outcome,
+            result.reason,
+            result.permanent,
+            result.kind,
+            result.final_url,
+            image_server.hits["/scripted/final"],
+        )
+
+    def test_a_url_with_credentials_is_refused_before_any_request(
+        self, image_server: ImageServer
+    ) -> None:
+        """A first URL with user:password@ is refused as parse_product refuses it: no request."""
+        image_server.script("final", Behaviour(body=JPEG))
+        url = f"http://user:secret@127.0.0.1:{image_server.port}/scripted/final"
+        result = _fetch(url)
+        expected = ("URL carries credentials (user:password@); refused", True, 0, 0)
+        assert expected == (
+            result.reason,
+            result.permanent,
+            result.attempts,
+            image_server.hits["/scripted/final"],
+        )
+
     @pytest.mark.parametrize(("per_host", "expected"), [(2, 2), (6, 6)])
     def test_per_host_cap(self, image_server: ImageServer, per_host: int, expected: int) -> None:
         """At most per_host requests are in flight to one host, however many fetches wait."""

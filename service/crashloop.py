@@ -1,0 +1,111 @@
+"""The crash-loop guard: a record that keeps killing the process is quarantined, not retried
+forever.
+
+A record whose processing kills the process (a decoder crash, memory exhaustion, a bug that
+escapes every handler) is never committed past: each restart takes the same offsets and dies
+again, and the rest of its partition waits forever. The guard counts, per partition, the
+*unclean* starts at a position and corners the record in three steps, keeping its state in
+the committed offset's metadata (:mod:`service.progress`), so it survives the process and
+follows the partition to whichever instance owns it next:
+
+1. **Counting.** Every assignment commits its position at once with ``starts`` one higher
+   than the last owner left it; a clean end (revoke, shutdown) writes 0, and a run that gets
+   past every offset the dead owner might have had in work (``until``) starts counting afresh.
+2. **Cornering.** After ``restarts`` deaths with the same offsets in work, the partition's
+   records up to ``until`` are processed *one at a time* ("careful"), each committed as the
+   position before it starts: a death now names exactly one record.
+3. **Quarantine.** A record that was alone in work for ``restarts`` deaths goes to the
+   dead-letter topic with the reason, unprocessed (``enrich_quarantined_total``, an ERROR
+   log), and the partition goes on.
+
+``until`` is the highest offset taken as of the dead owner's last commit plus ``slack`` (the
+records it may have taken after that commit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from service.progress import Progress
+
+__all__ = ["CrashLoopGuard", "GuardState"]
+
+Partition = tuple[str, int]
+
+
+@dataclass
+class GuardState:
+    """One assigned partition's crash-loop state."""
+
+    starts: int
+    at: int
+    """The committed offset ``starts`` counts starts at."""
+    until: int = -1
+    careful: bool = False
+    quarantine: int | None = None
+    """The offset to quarantine when it is consumed (careful mode found it)."""
+    deaths: int = 0
+    """Deaths of the record to quarantine, for its dead-letter reason."""
+    skip: frozenset[int] = field(default_factory=frozenset)
+    """Offsets above ``at`` whose output an earlier owner already published."""
+
+
+class CrashLoopGuard:
+    """Decides, per partition, whether to count, corner or quarantine; see the module."""
+
+    def __init__(self, restarts: int = 3, slack: int = 500) -> None:
+        """``restarts``: deaths before cornering, and deaths of one record alone before its
+        quarantine; ``slack``: records a dead owner may have taken after its last commit."""
+        if restarts < 1:
+            raise ValueError(f"restarts must be at least 1, got {restarts}")
+        self.restarts = restarts
+        self.slack = slack
+        self._states: dict[Partition, GuardState] = {}
+
+    def assigned(self, key: Partition, committed: int, progress: Progress) -> GuardState:
+        """Start a partition at its committed offset, given what the last owner wrote."""
+        state = GuardState(starts=progress.starts + 1, at=committed, skip=frozenset(progress.done))
+        if progress.starts > 0:  # the last owner died with work in flight
+            deaths = progress.starts
+            if progress.careful:
+                # The last owner died while the committed record was alone in work.
+                state.careful = True
+                state.until = progress.until
+                if deaths >= self.restarts:
+                    state.quarantine, state.deaths = committed, deaths
+            else:
+                state.until = max(progress.until, progress.high + self.slack)
+                if deaths >= self.restarts:
+                    state.careful = True
+                    state.starts = 1  # now counting the deaths of the record alone in work
+        self._states[key] = state
+        return state
+
+    def state(self, key: Partition) -> GuardState | None:
+        """The partition's state, if it is assigned."""
+        return self._states.get(key)
+
+    def careful(self, key: Partition, offset: int) -> bool:
+        """Whether this offset of the partition must be processed alone."""
+        state = self._states.get(key)
+        return state is not None and state.careful and offset <= state.until
+
+    def progress(self, key: Partition, committed: int, done: list[int], high: int) -> Progress:
+        """The metadata to commit with ``committed`` while the partition runs."""
+        state = self._states.get(key)
+        if state is None:
+            return Progress(done=tuple(done), high=high)
+        if committed > state.until:  # past every offset the dead owner might have had
+            state.careful, state.until = False, -1
+            if committed != state.at:
+                state.starts, state.at = 1, committed
+        elif state.careful and committed != state.at:
+            state.starts, state.at = 1, committed  # the next record alone in work
+        return Progress(
+            done=tuple(done), starts=state.starts, until=state.until, high=high,
+            careful=state.careful,
+        )  # fmt: skip
+
+    def forget(self, key: Partition) -> None:
+        """The partition left this instance."""
+        self._states.pop(key, None)

@@ -1,0 +1,73 @@
+"""The crash-loop guard counts unclean starts, corners the killer record and quarantines it."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.crashloop import CrashLoopGuard
+from service.progress import Progress
+
+P = ("products", 0)
+
+
+def _restart(guard: CrashLoopGuard, committed: int, left: Progress) -> Progress:
+    """A new owner starts at ``committed`` after the last one left ``left``; returns what the
+    new owner commits at once (the start it counts)."""
+    guard.assigned(P, committed, left)
+    return guard.progress(P, committed, [], high=left.high)
+
+
+class TestCrashLoopGuard:
+    def test_a_clean_start_counts_one_start_and_suspects_nothing(self) -> None:
+        """After a clean end (starts 0) nothing is careful and nothing is quarantined."""
+        guard = CrashLoopGuard(restarts=3)
+        state = guard.assigned(P, 100, Progress())
+        assert (1, False, None) == (state.starts, state.careful, state.quarantine)
+
+    def test_deaths_at_one_position_corner_the_partition(self) -> None:
+        """After `restarts` deaths with the same offsets in work, records go one at a time,
+        up to the dead owners' highest offset taken plus the slack."""
+        guard = CrashLoopGuard(restarts=3, slack=10)
+        left = Progress(starts=1, high=150)  # a run started at 100 and took up to 150
+        for _ in range(2):
+            left = _restart(guard, 100, left)  # each new owner dies before moving on
+            assert not guard.careful(P, 100)
+        state = guard.assigned(P, 100, left)
+        assert (True, 160, 1) == (state.careful, state.until, state.starts)
+        assert guard.careful(P, 160)
+        assert not guard.careful(P, 161)
+
+    def test_a_record_alone_in_work_for_restarts_deaths_is_quarantined(self) -> None:
+        """In careful mode each death names one record; `restarts` of them quarantine it."""
+        guard = CrashLoopGuard(restarts=2)
+        left = Progress(starts=1, until=130, careful=True)  # record 120 alone, died once
+        left = _restart(guard, 120, left)
+        assert guard.state(P).quarantine is None  # type: ignore[union-attr]
+        state = guard.assigned(P, 120, left)
+        assert (120, 2) == (state.quarantine, state.deaths)
+
+    def test_careful_mode_counts_each_record_afresh(self) -> None:
+        """Committing the next record's offset starts its own count at 1."""
+        guard = CrashLoopGuard(restarts=3)
+        guard.assigned(P, 120, Progress(starts=2, until=130, careful=True))
+        assert Progress(starts=1, until=130, high=121, careful=True) == guard.progress(
+            P, 121, [], high=121
+        )
+
+    def test_getting_past_the_suspects_starts_counting_afresh(self) -> None:
+        """Once the committed offset passes `until`, the next death is the first again."""
+        guard = CrashLoopGuard(restarts=3, slack=0)
+        guard.assigned(P, 100, Progress(starts=3, high=150))
+        progress = guard.progress(P, 151, [], high=160)
+        assert (1, -1, False) == (progress.starts, progress.until, progress.careful)
+
+    def test_progress_moving_within_the_suspects_keeps_the_count(self) -> None:
+        """Outputs acknowledged before the killer do not reset the count."""
+        guard = CrashLoopGuard(restarts=3, slack=0)
+        guard.assigned(P, 100, Progress(starts=1, high=150))
+        assert 2 == guard.progress(P, 140, [], high=150).starts
+
+    def test_restarts_must_be_positive(self) -> None:
+        """A guard that quarantines on zero deaths would quarantine everything."""
+        with pytest.raises(ValueError, match="at least 1"):
+            CrashLoopGuard(restarts=0)
