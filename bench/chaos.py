@@ -3,7 +3,7 @@
     .venv/bin/python bench/chaos.py [--inputs 20000] [--kills 10] [--model DIR]
         [--hanging-inputs 30000] [--redis-outage-s 30] [--fuzz-s 300] [--soak-s 600]
         [--decode-images 12] [--decode-workers 8]
-        [--poison-inputs 5000] [--only crash,poison,ssrf,outage,hanging,redis,fuzz,soak,decode]
+        [--poison-inputs 2000] [--only crash,poison,ssrf,outage,hanging,redis,fuzz,soak,decode]
 
 Needs KAFKA_BOOTSTRAP_SERVERS (``make chaos`` runs it under deploy/local/with-services.sh;
 ``--only`` with fuzz and decode alone needs no broker)
@@ -213,7 +213,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--inputs", type=int, default=20_000, help="crash rows: products")
     parser.add_argument("--kills", type=int, default=10, help="crash rows: kill -9s")
     parser.add_argument("--max-in-flight", type=int, default=200, help="crash rows")
-    parser.add_argument("--poison-inputs", type=int, default=5000,
+    parser.add_argument("--poison-inputs", type=int, default=2000,
                         help="poison rows: products (4 poison per 500, one killer)")  # fmt: skip
     parser.add_argument("--outage-s", type=float, default=20.0, help="broker outage")
     parser.add_argument("--hanging-inputs", type=int, default=30_000,

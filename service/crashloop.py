@@ -12,14 +12,17 @@ follows the partition to whichever instance owns it next:
    than the last owner left it; a clean end (revoke, shutdown) writes 0, and a run that gets
    past every offset the dead owner might have had in work (``until``) starts counting afresh.
 2. **Cornering.** After ``restarts`` deaths with the same offsets in work, the partition's
-   records up to ``until`` are processed *one at a time* ("careful"), each committed as the
-   position before it starts: a death now names exactly one record.
-3. **Quarantine.** A record that was alone in work for ``restarts`` deaths goes to the
-   dead-letter topic with the reason, unprocessed (``enrich_quarantined_total``, an ERROR
+   records up to ``until`` are processed *one at a time* ("careful"): each is counted and
+   committed as the position before it begins, and it begins only when no other record of a
+   careful or counting partition is in work anywhere in the process, so a death names it.
+3. **Quarantine.** A record begun alone ``restarts`` times without getting past it goes to
+   the dead-letter topic with the reason, unprocessed (``enrich_quarantined_total``, an ERROR
    log), and the partition goes on.
 
-``until`` is the highest offset taken as of the dead owner's last commit plus ``slack`` (the
-records it may have taken after that commit).
+``until`` is the highest offset the dead owners had taken. While a death is being counted
+(:meth:`CrashLoopGuard.suspect`) the service commits the highest offset of each consumed
+batch before taking it, so that figure is exact; after a first, unexpected death it is the
+figure of the dead owner's last commit plus ``slack`` (the records it may have taken since).
 """
 
 from __future__ import annotations
@@ -65,25 +68,37 @@ class CrashLoopGuard:
     def assigned(self, key: Partition, committed: int, progress: Progress) -> GuardState:
         """Start a partition at its committed offset, given what the last owner wrote."""
         state = GuardState(starts=progress.starts + 1, at=committed, skip=frozenset(progress.done))
-        if progress.starts > 0:  # the last owner died with work in flight
-            deaths = progress.starts
-            if progress.careful:
-                # The last owner died while the committed record was alone in work.
-                state.careful = True
-                state.until = progress.until
-                if deaths >= self.restarts:
-                    state.quarantine, state.deaths = committed, deaths
-            else:
-                state.until = max(progress.until, progress.high + self.slack)
-                if deaths >= self.restarts:
-                    state.careful = True
-                    state.starts = 1  # now counting the deaths of the record alone in work
+        if progress.careful:
+            # ``starts`` counts how often the committed record was begun alone; each begin
+            # that did not get past it ended in a death.
+            state.careful, state.until, state.starts = True, progress.until, progress.starts
+            if progress.starts >= self.restarts:
+                state.quarantine, state.deaths = committed, progress.starts
+        elif progress.starts > 0:  # the last owner died with this range in work
+            slack = 0 if progress.exact else self.slack
+            state.until = max(progress.until, progress.high + slack)
+            if progress.starts >= self.restarts:
+                state.careful, state.starts = True, 0  # from now on, one record at a time
         self._states[key] = state
         return state
 
     def state(self, key: Partition) -> GuardState | None:
         """The partition's state, if it is assigned."""
         return self._states.get(key)
+
+    def suspect(self, key: Partition) -> bool:
+        """Whether a death is being counted here: then the highest offset about to be taken
+        is committed before each batch, so the next death's range is exact."""
+        state = self._states.get(key)
+        return state is not None and (state.careful or state.starts >= 2)
+
+    def begin(self, key: Partition, offset: int) -> None:
+        """A careful record starts alone: count it (committed before it runs)."""
+        state = self._states[key]
+        if state.at == offset:
+            state.starts += 1
+        else:
+            state.at, state.starts = offset, 1
 
     def careful(self, key: Partition, offset: int) -> bool:
         """Whether this offset of the partition must be processed alone."""
@@ -100,10 +115,10 @@ class CrashLoopGuard:
             if committed != state.at:
                 state.starts, state.at = 1, committed
         elif state.careful and committed != state.at:
-            state.starts, state.at = 1, committed  # the next record alone in work
+            state.starts, state.at = 0, committed  # the last one is done; none begun yet
         return Progress(
             done=tuple(done), starts=state.starts, until=state.until, high=high,
-            careful=state.careful,
+            careful=state.careful, exact=self.suspect(key),
         )  # fmt: skip
 
     def forget(self, key: Partition) -> None:

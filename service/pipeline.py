@@ -189,8 +189,8 @@ class EnrichmentService:
         if self.taken.is_copy(message):
             return
         held = self._held.get(key)
-        if (held and not released) or (self.guard.careful(key, offset) and self._careful_busy()):
-            self._hold(key, message)  # one careful record in work at a time: it waits its turn
+        if (held and not released) or self._must_wait(key, offset):
+            self._hold(key, message)  # it waits its turn
             return
         self.taken.take(message)
         self.publisher.touch(key)  # the next commit records how far this owner has read
@@ -208,6 +208,7 @@ class EnrichmentService:
             self.metrics.already_published.inc()
             return
         if self.guard.careful(key, offset):  # a death from here on names this record
+            self.guard.begin(key, offset)
             self.publisher.started(key, offset)
             self.publisher.commit_now([key])
         self.queues.add(pending)
@@ -260,18 +261,33 @@ class EnrichmentService:
                     offset=pending.offset, error=reason)  # fmt: skip
         pending.output = self._dead_letter(pending, reason)
 
+    def _before_taking(self, messages: list[Message]) -> None:
+        """Partitions where a death is being counted commit how far this batch reads first."""
+        highs: dict[Partition, int] = {}
+        for message in messages:
+            key = (message.topic() or "", message.partition() or 0)
+            if message.error() is None and self.guard.suspect(key):
+                highs[key] = max(highs.get(key, -1), message.offset() or 0)
+        if highs:
+            self.publisher.reading(highs)
+
     def _seek_past_rewinds(self) -> None:
         """After a batch: move partitions the consumer rewound back past what was taken."""
         self.taken.seek_past_rewinds(self.consumer)
 
-    def _careful_busy(self) -> bool:
-        """Whether a careful partition has a record in work: then no other careful record
-        starts anywhere in the process, so a death names exactly one record."""
-        return any(
-            self.queues.pending_in([key])
-            for key in self.assigned
-            if (state := self.guard.state(key)) is not None and state.careful
-        )
+    def _must_wait(self, key: Partition, offset: int) -> bool:
+        """Whether this record must wait: a careful record begins only when no record of a
+        careful or counting partition is in work anywhere in the process (so a death names
+        it), and a counting partition's records wait while a careful record is in work."""
+        if self.guard.careful(key, offset):
+            return self._busy(self.guard.suspect)
+        if self.guard.suspect(key):
+            return self._busy(lambda k: (s := self.guard.state(k)) is not None and s.careful)
+        return False
+
+    def _busy(self, which: Callable[[Partition], bool]) -> bool:
+        """Whether a partition chosen by ``which`` has a record in work."""
+        return any(which(key) and self.queues.pending_in([key]) for key in self.assigned)
 
     def _hold(self, key: Partition, message: Message) -> None:
         """Keep a careful partition's message for its turn; the partition stops fetching (it
@@ -288,7 +304,7 @@ class EnrichmentService:
             queue, released = self._held[key], False
             while queue:
                 message = queue[0]
-                if self.guard.careful(key, message.offset() or 0) and self._careful_busy():
+                if self._must_wait(key, message.offset() or 0):
                     break
                 queue.popleft()
                 released = True
@@ -498,7 +514,11 @@ class EnrichmentService:
                 self._backpressure()
                 # Never take more than the in-flight bounds allow (paused partitions give none).
                 batch = max(1, min(self.options.consume_batch, self._room()))
-                for message in self.consumer.consume(batch, self.options.poll_timeout_s):
+                # Careful records go one at a time: do not sleep on the poll between them.
+                wait = 0.005 if self._held else self.options.poll_timeout_s
+                messages = self.consumer.consume(batch, wait)
+                self._before_taking(messages)
+                for message in messages:
                     error = message.error()
                     if error is not None:
                         if error.code() != error._PARTITION_EOF:

@@ -12,7 +12,7 @@ transaction, and hands it to whichever instance owns the partition next):
   the highest offset taken so far (``high``), and whether the partition is being processed
   one record at a time to find the record that kills the process (``careful``).
 
-The text is short and versioned (``e1;d=1-5,9;s=2;u=1k;h=1k;c``): offsets are base 36 and
+The text is short and versioned (``e1;d=1-5,9;s=2;u=1k;h=1k;c;x``): offsets are base 36 and
 relative to the committed offset. Metadata this service did not write (another tool's, or
 none) reads as an empty :class:`Progress`; the broker caps metadata at 4,096 bytes by default
 (``offset.metadata.max.bytes``), which :data:`MAX_LENGTH` stays under by construction
@@ -70,6 +70,8 @@ class Progress:
     """The highest offset taken when this was written."""
     careful: bool = False
     """Records up to ``until`` are processed one at a time (a crash loop is being cornered)."""
+    exact: bool = False
+    """``high`` was committed before the records up to it were taken (not after)."""
 
     def encode(self, committed: int) -> str:
         """The metadata string to commit with ``committed``."""
@@ -88,6 +90,8 @@ class Progress:
             parts.append(f"h={_b36(self.high - committed)}")
         if self.careful:
             parts.append("c")
+        if self.exact:
+            parts.append("x")
         text = ";".join(parts)
         if len(text) > MAX_LENGTH:
             # ``done`` only needs to be a subset of what is out: the outputs left off are
@@ -122,7 +126,7 @@ class Progress:
         try:
             done: list[int] = []
             values: dict[str, int] = {}
-            careful = False
+            careful = exact = False
             for part in text.split(";")[1:]:
                 name, _, value = part.partition("=")
                 if name == "d":
@@ -136,6 +140,8 @@ class Progress:
                         done.extend(committed + o for o in range(low, high + 1))
                 elif name == "c":
                     careful = True
+                elif name == "x":
+                    exact = True
                 elif name == "s":
                     values["s"] = int(value)
                 elif name in ("u", "h"):
@@ -146,6 +152,7 @@ class Progress:
                 until=values.get("u", -1),
                 high=values.get("h", -1),
                 careful=careful,
+                exact=exact,
             )
         except ValueError as exc:
             log.warning("offset_metadata_unreadable", metadata=text[:200], error=str(exc))

@@ -87,12 +87,17 @@ class Publisher:
         self._last_transaction = 0.0
         self._aborts = 0
         self._last_commit = 0.0
-        self._uncommitted = False
+        self._to_commit: dict[Partition, TopicPartition] = {}
+        """At-least-once: positions stored since the last commit. They are committed by name,
+        not as "the stored offsets": the client skips a stored offset equal to the committed
+        one, and with it a change of its metadata."""
         self._base: dict[Partition, int] = {}
         """Per partition, the offset to commit while nothing of it is in flight."""
         self._dirty: set[Partition] = set()
         """Partitions whose position or metadata changed since their offsets were stored."""
         self._refused: list[tuple[Pending, DeliveryReport]] = []
+        self._reading: dict[Partition, int] = {}
+        """Suspect partitions: the highest offset of the batch about to be taken."""
 
     @property
     def exactly_once(self) -> bool:
@@ -225,9 +230,9 @@ class Publisher:
         self.serve_refusals()
         self.store_positions()
         now = time.monotonic()
-        if self._uncommitted and now - self._last_commit >= self.options.commit_interval_s:
-            self.consumer.commit_async()
-            self._uncommitted = False
+        if self._to_commit and now - self._last_commit >= self.options.commit_interval_s:
+            offsets, self._to_commit = list(self._to_commit.values()), {}
+            self.consumer.commit_async(offsets)
             self._last_commit = now
 
     # -- positions ------------------------------------------------------------------------
@@ -252,7 +257,7 @@ class Publisher:
             state = self.guard.state(key)
             if state is not None and state.skip:
                 done = sorted({*done, *(o for o in state.skip if o > offset)})
-            high = self.taken.positions.get(key, offset - 1)
+            high = max(self.taken.positions.get(key, offset - 1), self._reading.get(key, -1))
             progress = self.guard.progress(key, offset, done, high)
             if key in clean:
                 progress = Progress(done=progress.done, high=high)
@@ -296,6 +301,14 @@ class Publisher:
         except KafkaError as exc:
             log.warning("start_not_counted", error=str(exc))
 
+    def reading(self, highs: dict[Partition, int]) -> None:
+        """Suspect partitions are about to take records up to these offsets: commit that
+        first, so a death while they are in work is counted over exactly them."""
+        moved = [k for k, high in highs.items() if high > self._reading.get(k, -1)]
+        if moved:
+            self._reading.update(highs)
+            self.commit_now(moved)
+
     def touch(self, key: Partition) -> None:
         """A message of this partition was taken: its metadata's ``high`` moved."""
         self._dirty.add(key)
@@ -313,7 +326,7 @@ class Publisher:
         offsets = self.positions(keys, clean=clean)
         if offsets:
             self.consumer.store_offsets(offsets)
-            self._uncommitted = True
+            self._to_commit.update({(tp.topic, tp.partition): tp for tp in offsets})
 
     def commit_now(
         self, keys: list[Partition], *, clean: bool = False, assigning: bool = False
@@ -331,14 +344,16 @@ class Publisher:
             self.pump()
             self._dirty.update(keys)
             self.store_positions(clean=left)
-            self.consumer.commit()
-            self._uncommitted = False
+            offsets, self._to_commit = list(self._to_commit.values()), {}
+            if offsets:
+                self.consumer.commit(offsets)
 
     def forget(self, keys: list[Partition]) -> None:
         """These partitions left this instance."""
         for key in keys:
             self._base.pop(key, None)
             self._dirty.discard(key)
+            self._reading.pop(key, None)
 
     # -- transactions (exactly-once) ------------------------------------------------------
 

@@ -85,10 +85,14 @@ class KafkaConsumer:
                 return
             raise KafkaError(f"commit failed: {exc}") from exc
 
-    def commit_async(self) -> None:
-        """Ask for a commit of every stored offset without waiting for the answer."""
+    def commit_async(self, offsets: Sequence[TopicPartition] | None = None) -> None:
+        """Ask for a commit of the given offsets (with their metadata), or of every stored
+        one, without waiting for the answer."""
         try:
-            self.client.commit(asynchronous=True)
+            if offsets is None:
+                self.client.commit(asynchronous=True)
+            else:
+                self.client.commit(offsets=list(offsets), asynchronous=True)
         except confluent_kafka.KafkaException as exc:
             if exc.args and exc.args[0].code() == confluent_kafka.KafkaError._NO_OFFSET:
                 return

@@ -32,26 +32,39 @@ class TestCrashLoopGuard:
         for _ in range(2):
             left = _restart(guard, 100, left)  # each new owner dies before moving on
             assert not guard.careful(P, 100)
+            assert guard.suspect(P)
         state = guard.assigned(P, 100, left)
-        assert (True, 160, 1) == (state.careful, state.until, state.starts)
+        assert (True, 160, 0) == (state.careful, state.until, state.starts)
         assert guard.careful(P, 160)
         assert not guard.careful(P, 161)
 
-    def test_a_record_alone_in_work_for_restarts_deaths_is_quarantined(self) -> None:
-        """In careful mode each death names one record; `restarts` of them quarantine it."""
+    def test_a_record_begun_alone_restarts_times_is_quarantined(self) -> None:
+        """In careful mode each begin is counted before the record runs; a record begun
+        `restarts` times without getting past it is quarantined at the next start."""
         guard = CrashLoopGuard(restarts=2)
-        left = Progress(starts=1, until=130, careful=True)  # record 120 alone, died once
-        left = _restart(guard, 120, left)
-        assert guard.state(P).quarantine is None  # type: ignore[union-attr]
-        state = guard.assigned(P, 120, left)
+        state = guard.assigned(P, 120, Progress(starts=1, until=130, careful=True))
+        assert state.quarantine is None
+        guard.begin(P, 120)  # begun a second time, committed before it runs
+        left = guard.progress(P, 120, [], high=120)
+        state = guard.assigned(P, 120, left)  # and the process died again
         assert (120, 2) == (state.quarantine, state.deaths)
 
+    def test_a_death_while_no_careful_record_was_begun_blames_none(self) -> None:
+        """Once a careful record is done, the next is not counted until it begins."""
+        guard = CrashLoopGuard(restarts=1)
+        guard.assigned(P, 120, Progress(starts=1, until=130, careful=True))
+        guard.begin(P, 120)
+        left = guard.progress(P, 121, [], high=121)  # 120 done; 121 not begun
+        assert (0, True) == (left.starts, left.careful)
+        assert guard.assigned(P, 121, left).quarantine is None
+
     def test_careful_mode_counts_each_record_afresh(self) -> None:
-        """Committing the next record's offset starts its own count at 1."""
+        """Beginning the next record starts its own count at 1."""
         guard = CrashLoopGuard(restarts=3)
         guard.assigned(P, 120, Progress(starts=2, until=130, careful=True))
-        assert Progress(starts=1, until=130, high=121, careful=True) == guard.progress(
-            P, 121, [], high=121
+        guard.begin(P, 121)
+        assert Progress(starts=1, until=130, high=121, careful=True, exact=True) == (
+            guard.progress(P, 121, [], high=121)
         )
 
     def test_getting_past_the_suspects_starts_counting_afresh(self) -> None:
@@ -66,6 +79,19 @@ class TestCrashLoopGuard:
         guard = CrashLoopGuard(restarts=3, slack=0)
         guard.assigned(P, 100, Progress(starts=1, high=150))
         assert 2 == guard.progress(P, 140, [], high=150).starts
+
+    def test_an_exact_high_needs_no_slack(self) -> None:
+        """A high committed before its batch was taken bounds the suspects exactly."""
+        guard = CrashLoopGuard(restarts=3, slack=500)
+        state = guard.assigned(P, 100, Progress(starts=2, high=150, exact=True))
+        assert 150 == state.until
+        assert guard.suspect(P)
+
+    def test_a_clean_start_is_not_suspect(self) -> None:
+        """Without a death being counted, batches are taken without an extra commit."""
+        guard = CrashLoopGuard(restarts=3)
+        guard.assigned(P, 100, Progress())
+        assert not guard.suspect(P)
 
     def test_restarts_must_be_positive(self) -> None:
         """A guard that quarantines on zero deaths would quarantine everything."""

@@ -34,8 +34,8 @@ class Consumer:
         for tp in offsets if offsets is not None else self._stored:
             self.commits.append((tp.partition, tp.offset, tp.metadata))
 
-    def commit_async(self) -> None:
-        self.commit()
+    def commit_async(self, offsets: list[TopicPartition] | None = None) -> None:
+        self.commit(offsets)
 
     def seek(self, partition: TopicPartition) -> None:
         raise AssertionError("careful partitions hold messages, they never seek")

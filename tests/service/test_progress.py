@@ -16,6 +16,7 @@ class TestProgress:
             Progress(done=(101, 102, 103, 110)),
             Progress(starts=2, until=150, high=140),
             Progress(done=(105,), starts=1, until=100, high=120, careful=True),
+            Progress(starts=2, until=130, high=120, exact=True),
         ],
     )
     def test_what_is_written_reads_back_equal(self, progress: Progress) -> None:
