@@ -5,6 +5,8 @@ import base64
 import io
 import os
 import struct
+import subprocess
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -189,11 +191,22 @@ class TestDecodeImage:
         assert (8, 8, 3) == decode_image(_encode(Image.new("RGB", (1, 1), RED), "PNG"), 8).shape
 
 
-def test_large_images_are_allocated_in_blocks_that_go_back_to_the_system() -> None:
-    """Pillow's blocks are 64 MiB, above glibc's largest mmap threshold, unless set otherwise."""
-    if "PILLOW_BLOCK_SIZE" in os.environ:
-        pytest.skip("PILLOW_BLOCK_SIZE is set: the operator's block size wins")
-    assert (64 * 1024 * 1024, PILLOW_BLOCK_SIZE) == (PILLOW_BLOCK_SIZE, Image.core.get_block_size())
+@pytest.mark.parametrize(
+    ("environment", "expected"), [(None, 64 * 2**20), ("16777216", 16 * 2**20)]
+)
+def test_large_images_are_allocated_in_blocks_that_go_back_to_the_system(
+    environment: str | None, expected: int
+) -> None:
+    """Pillow's blocks are 64 MiB, above glibc's largest mmap threshold, unless the operator
+    sets PILLOW_BLOCK_SIZE (checked in a fresh interpreter, where the import sets it)."""
+    env = {k: v for k, v in os.environ.items() if k != "PILLOW_BLOCK_SIZE"}
+    if environment is not None:
+        env["PILLOW_BLOCK_SIZE"] = environment
+    code = "import model.preprocess, PIL.Image; print(PIL.Image.core.get_block_size())"
+    answer = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, check=True)  # fmt: skip
+    assert expected == int(answer.stdout.strip())
+    assert 64 * 2**20 == PILLOW_BLOCK_SIZE
 
 
 class TestDecodedPixels:
