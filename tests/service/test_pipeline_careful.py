@@ -3,10 +3,13 @@ the whole process, the others held in order while their partitions are paused (n
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
+import pytest
 from confluent_kafka import Message, TopicPartition
 
+from service.errors import KafkaError
 from service.kafka.producer import DeliveryReport
 from service.pipeline import EnrichmentService
 from service.progress import Progress
@@ -112,3 +115,80 @@ def test_each_careful_record_is_committed_as_the_position_before_it_starts() -> 
     assert (0, 1) == positions[-1][:2]
     assert positions[-1][2].careful
     assert 1 == positions[-1][2].starts
+
+
+class FailingConsumer(Consumer):
+    """A consumer whose consume raises, as a bug in the loop would."""
+
+    def subscribe(self, topics: list[str], **callbacks: Any) -> None:
+        """Nothing to join: the partition is assigned by the test."""
+
+    def consume(self, count: int, timeout: float) -> list[Message]:
+        raise RuntimeError("a bug in the loop")
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def _counting_service(consumer: Consumer) -> EnrichmentService:
+    service = loop_only_service(consumer=consumer, producer=Producer())
+    key = (TOPIC, 0)
+    service.assigned.add(key)
+    service.guard.assigned(key, 40, Progress(starts=1, high=60))  # one death counted here
+    service.publisher.started(key, 40)
+    return service
+
+
+def test_a_run_ended_by_an_exception_keeps_counting_the_death() -> None:
+    """Only a stop that was asked for is clean: after an exception the start count stays in
+    the committed metadata, so the crash-loop guard still sees a loop of such failures."""
+    consumer = FailingConsumer()
+    service = _counting_service(consumer)
+    with pytest.raises(RuntimeError, match="a bug in the loop"):
+        service.run(threading.Event())
+    (partition, offset, metadata) = consumer.commits[-1]
+    assert (0, 40, 2) == (partition, offset, Progress.decode(metadata, offset).starts)
+
+
+def test_a_stop_that_was_asked_for_is_clean() -> None:
+    """SIGTERM (stop set) commits the start count back to 0."""
+    consumer = FailingConsumer()
+    service = _counting_service(consumer)
+    stop = threading.Event()
+    stop.set()
+    service.run(stop)
+    (partition, offset, metadata) = consumer.commits[-1]
+    assert (0, 40, 0) == (partition, offset, Progress.decode(metadata, offset).starts)
+
+
+class RefusingProducer(Producer):
+    """Refuses every record at once, as the client does with one over message.max.bytes."""
+
+    def produce(self, topic: str, *, key: bytes | None, on_delivery: Any, **_: Any) -> None:
+        raise KafkaError("too large", code="MSG_SIZE_TOO_LARGE")
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_a_record_whose_every_copy_is_refused_is_counted_and_skipped(delivery: str) -> None:
+    """Output refused, refused alone, its dead-letter copy refused alone: counted, logged,
+    and its offset moves on (nothing waits for it forever)."""
+    consumer = Consumer()
+    service = loop_only_service(consumer=consumer, producer=RefusingProducer(),
+                                delivery=delivery)  # fmt: skip
+    service.consumer.client = _GroupMetadata()  # type: ignore[attr-defined]
+    service.producer.begin_transaction = lambda: None  # type: ignore[method-assign]
+    service.producer.commit_transaction = lambda timeout=0: None  # type: ignore[method-assign]
+    service.producer.send_offsets_to_transaction = (  # type: ignore[method-assign]
+        lambda offsets, meta, timeout=0: None
+    )
+    service.assigned.add((TOPIC, 0))
+    service._handle(_message(0, 7))
+    for _ in range(4):
+        service._pump()
+    assert 0 == len(service.queues)
+    assert 1.0 == service.metrics.dead_letter_lost._value.get()
+
+
+class _GroupMetadata:
+    def consumer_group_metadata(self) -> None:
+        return None
