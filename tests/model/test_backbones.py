@@ -60,6 +60,7 @@ def features_of(backbone: Any) -> Any:
     return backbone.get_layer(backbone.name.removesuffix("_backbone") + "_features")
 
 
+LITE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 KERAS_MODULES: dict[str, ModuleType] = {
     "xception": keras.applications.xception,
     "inception_v3": keras.applications.inception_v3,
@@ -78,8 +79,8 @@ class TestRegistry:
     """BACKBONES and native_size: which backbones exist and their native input sizes."""
 
     def test_registers_the_expected_backbones(self) -> None:
-        """The registry holds the ten keras.applications backbones and tiny."""
-        expected = {"tiny", *KERAS_MODULES}
+        """The registry holds the ten keras.applications backbones, three Lite ones and tiny."""
+        expected = {"tiny", *KERAS_MODULES, *LITE_BACKBONES}
         assert expected == set(BACKBONES)
 
     @pytest.mark.parametrize(
@@ -91,6 +92,9 @@ class TestRegistry:
             ("efficientnet_b1", 240),
             ("efficientnet_b2", 260),
             ("efficientnet_b3", 300),
+            ("efficientnet_lite0", 224),
+            ("efficientnet_lite1", 240),
+            ("efficientnet_lite2", 260),
             ("efficientnet_v2_s", 384),
             ("mobilenet_v3_small", 224),
             ("mobilenet_v3_large", 224),
