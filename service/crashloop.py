@@ -27,7 +27,8 @@ figure of the dead owner's last commit plus ``slack`` (the records it may have t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import secrets
+from dataclasses import dataclass, field, replace
 
 from service.progress import Progress
 
@@ -56,17 +57,23 @@ class GuardState:
 class CrashLoopGuard:
     """Decides, per partition, whether to count, corner or quarantine; see the module."""
 
-    def __init__(self, restarts: int = 3, slack: int = 500) -> None:
+    def __init__(self, restarts: int = 3, slack: int = 500, owner: str | None = None) -> None:
         """``restarts``: deaths before cornering, and deaths of one record alone before its
         quarantine; ``slack``: records a dead owner may have taken after its last commit."""
         if restarts < 1:
             raise ValueError(f"restarts must be at least 1, got {restarts}")
         self.restarts = restarts
         self.slack = slack
+        self.owner = owner or secrets.token_hex(4)
+        """This run's name in the metadata it writes."""
         self._states: dict[Partition, GuardState] = {}
 
     def assigned(self, key: Partition, committed: int, progress: Progress) -> GuardState:
         """Start a partition at its committed offset, given what the last owner wrote."""
+        if progress.owner == self.owner:
+            # This run lost the partition (a session timeout, a broker outage) and got it
+            # back: no process died, so nothing is counted.
+            progress = replace(progress, starts=max(0, progress.starts - 1), owner="")
         state = GuardState(starts=progress.starts + 1, at=committed, skip=frozenset(progress.done))
         if progress.careful:
             # ``starts`` counts how often the committed record was begun alone; each begin
@@ -109,7 +116,7 @@ class CrashLoopGuard:
         """The metadata to commit with ``committed`` while the partition runs."""
         state = self._states.get(key)
         if state is None:
-            return Progress(done=tuple(done), high=high)
+            return Progress(done=tuple(done), high=high, owner=self.owner)
         if committed > state.until:  # past every offset the dead owner might have had
             state.careful, state.until = False, -1
             if committed != state.at:
@@ -118,7 +125,7 @@ class CrashLoopGuard:
             state.starts, state.at = 0, committed  # the last one is done; none begun yet
         return Progress(
             done=tuple(done), starts=state.starts, until=state.until, high=high,
-            careful=state.careful, exact=self.suspect(key),
+            careful=state.careful, exact=self.suspect(key), owner=self.owner,
         )  # fmt: skip
 
     def forget(self, key: Partition) -> None:

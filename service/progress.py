@@ -72,6 +72,9 @@ class Progress:
     """Records up to ``until`` are processed one at a time (a crash loop is being cornered)."""
     exact: bool = False
     """``high`` was committed before the records up to it were taken (not after)."""
+    owner: str = ""
+    """The run (process) that wrote it: a partition lost and regained by the same run is no
+    death."""
 
     def encode(self, committed: int) -> str:
         """The metadata string to commit with ``committed``."""
@@ -92,6 +95,8 @@ class Progress:
             parts.append("c")
         if self.exact:
             parts.append("x")
+        if self.owner:
+            parts.append(f"o={self.owner}")
         text = ";".join(parts)
         if len(text) > MAX_LENGTH:
             # ``done`` only needs to be a subset of what is out: the outputs left off are
@@ -127,6 +132,7 @@ class Progress:
             done: list[int] = []
             values: dict[str, int] = {}
             careful = exact = False
+            owner = ""
             for part in text.split(";")[1:]:
                 name, _, value = part.partition("=")
                 if name == "d":
@@ -142,6 +148,8 @@ class Progress:
                     careful = True
                 elif name == "x":
                     exact = True
+                elif name == "o":
+                    owner = value
                 elif name == "s":
                     values["s"] = int(value)
                 elif name in ("u", "h"):
@@ -153,6 +161,7 @@ class Progress:
                 high=values.get("h", -1),
                 careful=careful,
                 exact=exact,
+                owner=owner,
             )
         except ValueError as exc:
             log.warning("offset_metadata_unreadable", metadata=text[:200], error=str(exc))

@@ -260,7 +260,7 @@ class Publisher:
             high = max(self.taken.positions.get(key, offset - 1), self._reading.get(key, -1))
             progress = self.guard.progress(key, offset, done, high)
             if key in clean:
-                progress = Progress(done=progress.done, high=high)
+                progress = Progress(done=progress.done, high=high, owner=self.guard.owner)
             offsets.append(TopicPartition(key[0], key[1], offset, metadata=progress.encode(offset)))
         return offsets
 
@@ -305,9 +305,16 @@ class Publisher:
         """Suspect partitions are about to take records up to these offsets: commit that
         first, so a death while they are in work is counted over exactly them."""
         moved = [k for k, high in highs.items() if high > self._reading.get(k, -1)]
-        if moved:
-            self._reading.update(highs)
-            self.commit_now(moved)
+        if not moved:
+            return
+        self._reading.update(highs)
+        if self.exactly_once:
+            self.commit_transaction(force=True)
+        else:  # what is acknowledged so far, without waiting for what is in flight
+            self._dirty.update(moved)
+            self.store_positions()
+            offsets, self._to_commit = list(self._to_commit.values()), {}
+            self.consumer.commit(offsets)
 
     def touch(self, key: Partition) -> None:
         """A message of this partition was taken: its metadata's ``high`` moved."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from service.crashloop import CrashLoopGuard
@@ -10,11 +12,16 @@ from service.progress import Progress
 P = ("products", 0)
 
 
+def _died(progress: Progress) -> Progress:
+    """What a run wrote, read back by the next run after the writer died."""
+    return replace(progress, owner="a run that died")
+
+
 def _restart(guard: CrashLoopGuard, committed: int, left: Progress) -> Progress:
-    """A new owner starts at ``committed`` after the last one left ``left``; returns what the
-    new owner commits at once (the start it counts)."""
+    """A new owner starts at ``committed`` after the last one left ``left`` and dies; returns
+    what it had committed at once (the start it counts)."""
     guard.assigned(P, committed, left)
-    return guard.progress(P, committed, [], high=left.high)
+    return _died(guard.progress(P, committed, [], high=left.high))
 
 
 class TestCrashLoopGuard:
@@ -45,7 +52,7 @@ class TestCrashLoopGuard:
         state = guard.assigned(P, 120, Progress(starts=1, until=130, careful=True))
         assert state.quarantine is None
         guard.begin(P, 120)  # begun a second time, committed before it runs
-        left = guard.progress(P, 120, [], high=120)
+        left = _died(guard.progress(P, 120, [], high=120))
         state = guard.assigned(P, 120, left)  # and the process died again
         assert (120, 2) == (state.quarantine, state.deaths)
 
@@ -54,18 +61,27 @@ class TestCrashLoopGuard:
         guard = CrashLoopGuard(restarts=1)
         guard.assigned(P, 120, Progress(starts=1, until=130, careful=True))
         guard.begin(P, 120)
-        left = guard.progress(P, 121, [], high=121)  # 120 done; 121 not begun
+        left = _died(guard.progress(P, 121, [], high=121))  # 120 done; 121 not begun
         assert (0, True) == (left.starts, left.careful)
         assert guard.assigned(P, 121, left).quarantine is None
 
     def test_careful_mode_counts_each_record_afresh(self) -> None:
         """Beginning the next record starts its own count at 1."""
-        guard = CrashLoopGuard(restarts=3)
+        guard = CrashLoopGuard(restarts=3, owner="me")
         guard.assigned(P, 120, Progress(starts=2, until=130, careful=True))
         guard.begin(P, 121)
-        assert Progress(starts=1, until=130, high=121, careful=True, exact=True) == (
+        assert Progress(starts=1, until=130, high=121, careful=True, exact=True, owner="me") == (
             guard.progress(P, 121, [], high=121)
         )
+
+    def test_a_partition_lost_and_regained_by_the_same_run_is_no_death(self) -> None:
+        """A session timeout or a broker outage is not a crash: its own metadata read back
+        by the same run counts nothing."""
+        guard = CrashLoopGuard(restarts=1, owner="me")
+        guard.assigned(P, 100, Progress())
+        left = guard.progress(P, 100, [], high=150)  # then the partition is lost
+        state = guard.assigned(P, 100, left)
+        assert (1, False, False) == (state.starts, state.careful, guard.suspect(P))
 
     def test_getting_past_the_suspects_starts_counting_afresh(self) -> None:
         """Once the committed offset passes `until`, the next death is the first again."""
