@@ -228,9 +228,14 @@ class Publisher:
                 self.produce(pending)
         self.producer.poll(0)
         self.serve_refusals()
-        self.store_positions()
         now = time.monotonic()
-        if self._to_commit and now - self._last_commit >= self.options.commit_interval_s:
+        if now - self._last_commit < self.options.commit_interval_s:
+            # Positions (and their metadata, a walk over each queue) are only needed when a
+            # commit is due; settled entries are popped every time for the in-flight bounds.
+            self.positions(set())
+            return
+        self.store_positions()
+        if self._to_commit:
             offsets, self._to_commit = list(self._to_commit.values()), {}
             self.consumer.commit_async(offsets)
             self._last_commit = now
