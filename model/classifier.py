@@ -28,6 +28,7 @@ from PIL import Image
 from model.build import LEAF_HEAD, HeadsKind, level_names
 from model.decode import Decoder, Prediction
 from model.errors import ModelError
+from model.heads import decodes_from_leaf
 from model.preprocess import decode_image
 from model.taxonomy import Category, Taxonomy, TruncatedTaxonomy
 from model.vocabulary import Vocabulary
@@ -211,7 +212,7 @@ def decode_outputs(
     decoder: Decoder, heads: HeadsKind, outputs: Mapping[str, NDArray[np.float32]]
 ) -> list[Prediction]:
     """Decode one head-output dict into predictions (multi-head or flat)."""
-    if heads == "leaf":
+    if decodes_from_leaf(heads):
         return decoder.decode_leaf(outputs[LEAF_HEAD])
     return decoder.decode_multi([outputs[n] for n in level_names(len(outputs))])
 

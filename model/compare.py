@@ -3,7 +3,9 @@
 Reads ``report.json`` from each report directory (written by ``enrich evaluate``) and writes
 ``comparison.md``, ``comparison.csv`` and ``comparison.png`` into the output directory: one
 row per model with its backbone, parameters, image size, training time, per-level and leaf
-accuracy, business-value-weighted score and inference images/s.
+accuracy, business-value-weighted score, macro accuracy, expected calibration error, each
+labelled source's leaf accuracy (``<source>_leaf_accuracy``, n/a for a report without that
+source) and inference images/s. Reports written before a figure existed show n/a for it.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ def comparison_rows(directories: Sequence[Path]) -> list[dict[str, Any]]:
     if not directories:
         raise ModelError("compare needs at least one report directory")
     rows: list[dict[str, Any]] = []
-    depth = max(int(load_report(d)["model"]["depth"]) for d in directories)
-    for directory in directories:
-        report = load_report(directory)
+    reports = [load_report(directory) for directory in directories]
+    depth = max(int(report["model"]["depth"]) for report in reports)
+    source_names = list(
+        dict.fromkeys(entry["name"] for report in reports for entry in report.get("sources", []))
+    )
+    for directory, report in zip(directories, reports, strict=True):
         model = report["model"]
         row: dict[str, Any] = {
             "model": Path(directory).name or str(directory),
@@ -43,6 +48,11 @@ def comparison_rows(directories: Sequence[Path]) -> list[dict[str, Any]]:
             row[f"level_{level}_accuracy"] = levels.get(level)
         row["leaf_accuracy"] = report["leaf_accuracy"]
         row["weighted_score"] = report["weighted_score"]
+        row["macro_accuracy"] = report.get("macro_accuracy")
+        row["ece"] = report.get("ece")
+        per_source = {entry["name"]: entry for entry in report.get("sources", [])}
+        for name in source_names:
+            row[f"{name}_leaf_accuracy"] = per_source.get(name, {}).get("leaf_accuracy")
         row["images_per_s"] = report["inference"]["images_per_s"]
         row["batch_size"] = report["inference"]["batch_size"]
         rows.append(row)
@@ -90,6 +100,7 @@ def compare(directories: Sequence[Path], output: Path) -> list[dict[str, Any]]:
         metrics=(
             *(c for c in columns if c.startswith("level_")),
             "leaf_accuracy",
+            "macro_accuracy",
             "weighted_score",
         ),
     )

@@ -2,9 +2,12 @@
 
 A labels file is CSV or JSONL with one row per image: the image (a path relative to the
 images root, or a URL), `google_category_id`, and optionally `split` and `product_id`.
+Several labelled sources (each a labels file with its images root) are read together by
+`read_sources`, which names each row's source and makes its image path absolute.
 Images are decoded once with `model.preprocess.decode_image` (the service's own code) in a
-process pool and cached on disk as one `.npy` per (file list, size), so later epochs and later
-runs read pixels straight from memory.
+process pool and cached on disk as one `.npz` per (files with their sizes and modification
+times, size), so later epochs and later runs read pixels straight from memory, and a changed
+image is decoded again.
 
 A dataset directory written by `enrich build-dataset` (TFRecord shards, `dataset.json`,
 `split.csv`) is read by `load_dataset` into the same (images, rows) pair; the feature names of
@@ -66,6 +69,8 @@ class LabelRow:
     product_id: str
     split: str | None = None
     line: int = 0
+    source: str = ""
+    """The labelled source the row came from (see `read_sources`); empty from `read_labels`."""
 
 
 def read_labels(path: Path) -> list[LabelRow]:
@@ -115,6 +120,66 @@ def _row(path: Path, number: int, record: dict[str, object]) -> LabelRow:
     return LabelRow(image, category_id, product_id, split_name, number)
 
 
+def _source_names(labels_files: Sequence[Path]) -> list[str]:
+    """Each labels file's source name: its folder's name, ``-2``, ``-3``... on a repeat."""
+    names: list[str] = []
+    for path in labels_files:
+        base = path.resolve().parent.name or path.stem
+        name, number = base, 1
+        while name in names:
+            number += 1
+            name = f"{base}-{number}"
+        names.append(name)
+    return names
+
+
+def read_sources(sources: Sequence[tuple[Path, Path]]) -> list[LabelRow]:
+    """Read several labelled sources, ``(labels file, images root)`` pairs, into one list.
+
+    Each file is read with `read_labels`; its rows keep their order, sources follow each other
+    in the order given. Every row gets:
+
+    - ``source``: the labels file's folder name (``product-images``, ``fashion-products``);
+      a name already taken gets ``-2``, ``-3``... in order;
+    - ``image``: the absolute resolved path ``root / image``, so that
+      ``load_images(rows, Path("/"), size)`` (any root works) reads rows of every source; a
+      URL stays as it is;
+    - ``product_id``: as read, unless the same id occurs in more than one source: then every
+      row of that id is prefixed ``"<source>:"`` in every source, so two sources' products
+      never merge into one (splits go by product). Ids unique to a source are not prefixed,
+      so adding a source never moves another source's products to other splits.
+
+    Raises `ModelError` when ``sources`` is empty or a file cannot be read.
+    """
+    if not sources:
+        raise ModelError("no labelled sources to read")
+    names = _source_names([labels for labels, _ in sources])
+    per_source: list[list[LabelRow]] = []
+    owners: dict[str, set[str]] = defaultdict(set)
+    for (labels, root), name in zip(sources, names, strict=True):
+        rows = read_labels(labels)
+        base = Path(root).resolve()
+        rows = [
+            replace(
+                row,
+                source=name,
+                image=row.image if "://" in row.image else str((base / row.image).resolve()),
+            )
+            for row in rows
+        ]
+        for row in rows:
+            owners[row.product_id].add(name)
+        per_source.append(rows)
+    shared = {product for product, where in owners.items() if len(where) > 1}
+    return [
+        replace(row, product_id=f"{row.source}:{row.product_id}")
+        if row.product_id in shared
+        else row
+        for rows in per_source
+        for row in rows
+    ]
+
+
 def _hash_unit(text: str) -> float:
     """A stable number in [0, 1) for `text` (the same on every machine and Python run)."""
     digest = hashlib.sha256(text.encode("utf-8")).digest()
@@ -131,6 +196,12 @@ def assign_splits(
     Stratified by leaf at the taxonomy's depth: within each leaf, products are ordered by the
     hash of their id and cut at the fractions, so each split holds every leaf in proportion
     and a product (all its images) lands in one split only. Deterministic.
+
+    Long tails: counts are rounded per leaf, and the first product of a leaf always goes to
+    train (when the train fraction is above 0), so a leaf with 1 product is train only; with
+    the default fractions a leaf with 2 or 3 products has 1 or 2 in train, 1 in test and none
+    in validation (validation then lacks that leaf). A product filed under two leaves keeps
+    the split its first leaf gave it.
     """
     if abs(sum(fractions) - 1.0) > 1e-9 or min(fractions) < 0:
         raise ModelError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
@@ -145,6 +216,8 @@ def assign_splits(
         ordered = sorted(products, key=lambda p: (_hash_unit(p), p))
         n = len(ordered)
         train_end = round(n * fractions[0])
+        if fractions[0] > 0:
+            train_end = max(train_end, 1)
         validation_end = train_end + round(n * fractions[1])
         for index, product in enumerate(ordered):
             if index < train_end:
@@ -165,6 +238,12 @@ def hold_out_validation(
     ``enrich evaluate --split validation`` on the original file); within each leaf, the
     train rows' products are ordered by id hash and the first ``fraction`` of them become
     ``validation``. Rows without a split are split 70/15/15 first. Deterministic.
+
+    Long tails: a leaf keeps at least one train product, so a leaf with a single train
+    product keeps it in train and the hold-out validation lacks that leaf (with a fraction
+    of 0.1, a leaf needs 6 train products before one is held out). A leaf that only the
+    file's validation split has (now ``test``) has no train row at all; training's vocabulary
+    must then come from the labels it trains on.
     """
     if not 0.0 < fraction < 1.0:
         raise ModelError(f"the validation fraction must be in (0, 1), got {fraction}")
@@ -176,7 +255,7 @@ def hold_out_validation(
     chosen: set[str] = set()
     for products in by_leaf.values():
         ordered = sorted(products, key=lambda p: (_hash_unit("validation:" + p), p))
-        chosen.update(ordered[: round(len(ordered) * fraction)])
+        chosen.update(ordered[: min(round(len(ordered) * fraction), len(ordered) - 1)])
     out: list[LabelRow] = []
     for row in rows:
         if row.split == "validation":
@@ -195,6 +274,15 @@ def _decode_one(args: tuple[str, int]) -> NDArray[np.uint8] | str:
         return f"{type(exc).__name__}: {exc}"
 
 
+def _file_stamp(path: str) -> str:
+    """``"size:mtime_ns"`` of a file, ``"missing"`` when it cannot be stat'ed (cache key)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
 def load_images(
     rows: Sequence[LabelRow],
     root: Path,
@@ -208,7 +296,11 @@ def load_images(
 
     Returns the array of the images that decoded and the indices (into `rows`) of those that
     did not; an unreadable image is reported, never silently dropped. URLs are not fetched
-    here (that is the dataset builder's job): rows must name files below `root`.
+    here (that is the dataset builder's job): rows must name files below `root` (or absolute
+    paths, as `read_sources` gives, whatever `root`).
+
+    The cache key covers each file's resolved path, size and modification time (ns) and the
+    image size, so rewriting, replacing or deleting an image decodes afresh.
     """
     paths = []
     for row in rows:
@@ -218,7 +310,9 @@ def load_images(
                 "`enrich build-dataset` first"
             )
         paths.append(str((root / row.image).resolve()))
-    key = hashlib.sha256(("\n".join(paths) + f"\n{size}").encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        ("\n".join(f"{path}\t{_file_stamp(path)}" for path in paths) + f"\n{size}").encode()
+    ).hexdigest()[:16]
     cache = cache_dir / f"images-{size}px-{key}.npz" if cache_dir is not None else None
     if cache is not None and cache.exists():
         with np.load(cache) as stored:

@@ -6,14 +6,23 @@ The report directory gets:
 - ``report.md``: the same for people, with the pictures linked;
 - ``confusion_top50.png`` / ``.csv``: the most valuable true categories against what the
   model said, row-normalised, the most valuable top left;
-- ``coverage.png``: coverage and accuracy as the abstain threshold moves.
+- ``coverage.png``: coverage and accuracy as the abstain threshold moves;
+- ``reliability.png``: the reliability diagram (accuracy against confidence, 15 bins).
 
 Figures: per level, accuracy of the decoded path's node and top-5 of that level's head;
-leaf accuracy (the decoded leaf equals the true category truncated to the model's depth);
-macro-F1 over leaves; mean tree distance between true and predicted leaf; the
-business-value-weighted accuracy (see :mod:`model.metrics`); inference images/s on this
-machine with the batch size used. Accuracy figures count the decoded leaf whatever its
-confidence (no abstention); the coverage curve shows what abstaining would trade.
+leaf accuracy (micro: per image, the decoded leaf equals the true category truncated to the
+model's depth); macro accuracy (balanced: the mean over the true leaves of each leaf's
+recall); macro-F1 over the true leaves; mean tree distance between true and predicted leaf;
+the business-value-weighted accuracy (see :mod:`model.metrics`); the expected calibration
+error of the decoded leaf's confidence; inference images/s on this machine with the batch
+size used. Accuracy figures count the decoded leaf whatever its confidence (no abstention);
+the coverage curve shows what abstaining would trade.
+
+Several labelled sources (``EvaluateConfig.sources``) are evaluated together: the overall
+figures are over all their images, and each source gets its own images, leaf and macro
+accuracy, weighted score and macro-F1. Leaves the model can predict but no evaluation image
+has are listed and left out of the macro averages; true leaves the model cannot predict (not
+leaves of its vocabulary) are listed and count as errors everywhere.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import json
 import math
 import platform
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,19 +43,24 @@ from numpy.typing import NDArray
 
 from model.build import LEAF_HEAD, level_names
 from model.classifier import Classifier, decode_outputs
-from model.data import LabelRow, load_images, read_labels
+from model.data import LabelRow, load_images, read_sources
 from model.errors import ModelError
+from model.heads import decodes_from_leaf
 from model.metrics import (
+    DEFAULT_CALIBRATION_BINS,
+    calibration_bins,
     confusion_top,
     coverage_curve,
+    expected_calibration_error,
+    macro_accuracy,
     macro_f1,
     mean_tree_distance,
     per_level_accuracy,
-    read_business_values,
+    read_business_values_many,
     weighted_accuracy,
 )
-from model.plots import plot_confusion, plot_coverage
-from model.taxonomy import Taxonomy
+from model.plots import plot_confusion, plot_coverage, plot_reliability
+from model.taxonomy import Taxonomy, TruncatedTaxonomy
 
 __all__ = ["EvaluateConfig", "evaluate"]
 
@@ -60,10 +75,13 @@ class EvaluateConfig:
     """Everything ``enrich evaluate`` can be told."""
 
     model_dir: Path
-    labels: Path
-    images_root: Path
+    labels: Path | None
+    """The labels file of a single source; ignored (may be ``None``) when ``sources`` is set."""
+    images_root: Path | None
+    """The images root of ``labels``; ignored (may be ``None``) when ``sources`` is set."""
     taxonomy: Path
-    business_values: Path
+    business_values: Path | tuple[Path, ...]
+    """One business-value CSV or several (merged; a category must agree across files)."""
     output: Path
     split: str | None = "validation"
     """Only rows of this split (when the labels file has splits); ``None`` for every row."""
@@ -71,16 +89,41 @@ class EvaluateConfig:
     confusion_size: int = 50
     cache_dir: Path | None = None
     progress: bool = True
+    sources: tuple[tuple[Path, Path], ...] = ()
+    """Several ``(labels file, images root)`` pairs; when given they replace ``labels`` and
+    ``images_root``. Each source's name is its labels file's folder (see `read_sources`)."""
+
+    def source_pairs(self) -> tuple[tuple[Path, Path], ...]:
+        """The ``(labels, images root)`` pairs to evaluate on: ``sources``, else the one pair."""
+        if self.sources:
+            return tuple(self.sources)
+        if self.labels is None or self.images_root is None:
+            raise ModelError("evaluate needs a labels file and its images root, or sources")
+        return ((self.labels, self.images_root),)
 
 
 def _rows(config: EvaluateConfig) -> list[LabelRow]:
-    """The labelled rows to evaluate on, or ModelError when there are none."""
-    rows = read_labels(config.labels)
-    if config.split is not None and any(row.split is not None for row in rows):
-        rows = [row for row in rows if row.split == config.split]
-    if not rows:
-        raise ModelError(f"{config.labels} has no rows in split {config.split!r}")
+    """The labelled rows to evaluate on, or ModelError when a source has none.
+
+    The split is chosen per source: a source whose file has splits gives the rows of
+    ``config.split``; a source without splits gives every row.
+    """
+    pairs = config.source_pairs()
+    everything = read_sources(pairs)
+    rows: list[LabelRow] = []
+    for source, (labels, _) in zip(_source_order(everything), pairs, strict=True):
+        own = [row for row in everything if row.source == source]
+        if config.split is not None and any(row.split is not None for row in own):
+            own = [row for row in own if row.split == config.split]
+        if not own:
+            raise ModelError(f"{labels} has no rows in split {config.split!r}")
+        rows += own
     return rows
+
+
+def _source_order(rows: Sequence[LabelRow]) -> list[str]:
+    """The rows' source names, each once, in order of first appearance."""
+    return list(dict.fromkeys(row.source for row in rows))
 
 
 def _infer(
@@ -117,7 +160,7 @@ def _level_topk(
     """
     vocabulary = classifier.vocabulary
     truncated = classifier.truncated
-    if classifier.info.heads == "leaf":
+    if decodes_from_leaf(classifier.info.heads):
         levels = classifier.decoder.level_confidences(outputs[LEAF_HEAD])
     else:
         levels = [
@@ -140,7 +183,7 @@ def _level_topk(
 
 
 def _markdown(report: Mapping[str, Any]) -> str:
-    """The report for people: headline figures, per-level table, pictures."""
+    """The report for people: headline figures, per-level and per-source tables, pictures."""
     model = report["model"]
     lines = [
         f"# Evaluation of {model['name']} ({model['version']})",
@@ -154,9 +197,11 @@ def _markdown(report: Mapping[str, Any]) -> str:
         "",
         "| figure | value |",
         "| --- | --- |",
-        f"| leaf accuracy | {report['leaf_accuracy']:.4f} |",
+        f"| leaf accuracy (micro: per image) | {report['leaf_accuracy']:.4f} |",
+        f"| macro accuracy (mean recall over true leaves) | {report['macro_accuracy']:.4f} |",
         f"| business-value-weighted accuracy | {report['weighted_score']:.4f} |",
-        f"| macro-F1 (leaves) | {report['macro_f1']:.4f} |",
+        f"| macro-F1 (true leaves) | {report['macro_f1']:.4f} |",
+        f"| expected calibration error ({len(report['calibration'])} bins) | {report['ece']:.4f} |",
         f"| mean tree distance (edges) | {report['mean_tree_distance']:.3f} |",
         f"| inference | {report['inference']['images_per_s']:.1f} images/s at batch "
         f"{report['inference']['batch_size']} ({report['inference']['machine']}) |",
@@ -172,8 +217,12 @@ def _markdown(report: Mapping[str, Any]) -> str:
         "",
         "Accuracy counts the decoded leaf at any confidence; a category shallower than a level",
         "is not counted at that level. Weighted accuracy weighs each sample by its true",
-        "category's business value (summed over everything beneath it).",
+        "category's business value (summed over everything beneath it). Micro figures weigh",
+        "every image the same; macro figures weigh every true leaf the same (its recall, or",
+        "its F1, averaged over the leaves that have evaluation images).",
         "",
+        *_sources_markdown(report["sources"]),
+        *_leaves_markdown(report["leaves"]),
         "## Confusion among the most valuable categories",
         "",
         "![confusion](confusion_top50.png)",
@@ -192,7 +241,161 @@ def _markdown(report: Mapping[str, Any]) -> str:
         if round(point["threshold"] * 100) % 10 == 0:
             accuracy = "n/a" if point["accuracy"] is None else f"{point['accuracy']:.4f}"
             lines.append(f"| {point['threshold']:.2f} | {point['coverage']:.4f} | {accuracy} |")
+    lines += [
+        "",
+        "## Calibration",
+        "",
+        "![reliability](reliability.png)",
+        "",
+        f"Expected calibration error {report['ece']:.4f}: the confidence of the decoded leaf in "
+        f"{len(report['calibration'])} equal-width bins, each bin's |accuracy - mean "
+        "confidence| weighted by its share of the images (0 is perfectly calibrated).",
+        "",
+        "| confidence | images | mean confidence | accuracy |",
+        "| --- | --- | --- | --- |",
+    ]
+    for entry in report["calibration"]:
+        if entry["count"]:
+            lines.append(
+                f"| {entry['lower']:.3f}-{entry['upper']:.3f} | {entry['count']:,} "
+                f"| {entry['confidence']:.4f} | {entry['accuracy']:.4f} |"
+            )
     return "\n".join(lines) + "\n"
+
+
+def _figure(value: float | None) -> str:
+    """A fraction with 4 decimals, or n/a."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _sources_markdown(sources: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The per-source table of the report."""
+    lines = [
+        "## Per source",
+        "",
+        "| source | images | unreadable | true leaves | leaf accuracy | macro accuracy "
+        "| weighted accuracy | macro-F1 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for entry in sources:
+        lines.append(
+            f"| {entry['name']} (`{entry['labels']}`) | {entry['images']:,} "
+            f"| {entry['unreadable']:,} | {entry['categories']} "
+            f"| {_figure(entry['leaf_accuracy'])} | {_figure(entry['macro_accuracy'])} "
+            f"| {_figure(entry['weighted_score'])} | {_figure(entry['macro_f1'])} |"
+        )
+    lines += [
+        "",
+        "Each source's macro figures average over its own true leaves; its weighted accuracy",
+        "is n/a when none of its categories has a business value.",
+        "",
+    ]
+    return lines
+
+
+def _leaves_markdown(leaves: Mapping[str, Any]) -> list[str]:
+    """The report's section on leaves without evaluation images and leaves the model lacks."""
+    missing = leaves["without_examples"]
+    unpredictable = leaves["unpredictable"]
+    lines = [
+        "## Leaves the evaluation does not cover",
+        "",
+        f"The model predicts {leaves['model']} leaves; {leaves['evaluated']} have evaluation "
+        f"images. The {len(missing)} without any are left out of the macro averages (macro "
+        "accuracy and macro-F1); a prediction of one of them still counts as an error of the "
+        "image's true leaf.",
+        "",
+    ]
+    lines += [f"- {entry['name']} ({entry['id']})" for entry in missing] or ["- none"]
+    lines += [
+        "",
+        f"{len(unpredictable)} true leaves of the evaluation are not leaves the model can "
+        "predict (not in its vocabulary): each of their images counts as an error, in the "
+        "micro and the macro figures (recall 0).",
+        "",
+    ]
+    lines += [
+        f"- {entry['name']} ({entry['id']}): {entry['images']:,} images" for entry in unpredictable
+    ] or ["- none"]
+    lines.append("")
+    return lines
+
+
+def _per_source(
+    config: EvaluateConfig,
+    rows: Sequence[LabelRow],
+    failed: set[int],
+    kept: Sequence[LabelRow],
+    true_nodes: Sequence[int],
+    predicted: Sequence[int],
+    truncated: TruncatedTaxonomy,
+    values: Mapping[int, float],
+) -> list[dict[str, Any]]:
+    """Each source's own figures, in source order (macro figures over its own true leaves).
+
+    ``weighted_score`` is ``None`` for a source none of whose true categories has a value.
+    """
+    pairs = config.source_pairs()
+    result: list[dict[str, Any]] = []
+    for name, (labels, root) in zip(_source_order(rows), pairs, strict=True):
+        members = [index for index, row in enumerate(kept) if row.source == name]
+        unreadable = sum(1 for index in failed if rows[index].source == name)
+        entry: dict[str, Any] = {
+            "name": name,
+            "labels": str(labels),
+            "images_root": str(root),
+            "images": len(members),
+            "unreadable": unreadable,
+        }
+        if not members:
+            entry.update(
+                categories=0,
+                leaf_accuracy=None,
+                macro_accuracy=None,
+                weighted_score=None,
+                macro_f1=None,
+            )
+            result.append(entry)
+            continue
+        true = [true_nodes[index] for index in members]
+        pred = [predicted[index] for index in members]
+        try:
+            weighted: float | None = weighted_accuracy(true, pred, truncated, values)
+        except ModelError:
+            weighted = None
+        entry.update(
+            categories=len(set(true)),
+            leaf_accuracy=sum(t == p for t, p in zip(true, pred, strict=True)) / len(true),
+            macro_accuracy=macro_accuracy(true, pred),
+            weighted_score=weighted,
+            macro_f1=macro_f1(true, pred, classes=set(true)),
+        )
+        result.append(entry)
+    return result
+
+
+def _leaf_coverage(classifier: Classifier, true_nodes: Sequence[int]) -> dict[str, Any]:
+    """Which of the model's leaves the evaluation reaches, and which true leaves it cannot say.
+
+    ``without_examples``: leaves of the model's vocabulary with no evaluation image (left out
+    of the macro averages); ``unpredictable``: true leaves that are not leaves of the model's
+    vocabulary, with their image counts (every such image is an error).
+    """
+    truncated = classifier.truncated
+    model_leaves = set(classifier.vocabulary.leaves)
+    counts = Counter(true_nodes)
+    return {
+        "model": len(model_leaves),
+        "evaluated": len(model_leaves & counts.keys()),
+        "without_examples": [
+            {"id": leaf, "name": truncated.name(leaf)}
+            for leaf in sorted(model_leaves - counts.keys())
+        ],
+        "unpredictable": [
+            {"id": leaf, "name": truncated.name(leaf), "images": counts[leaf]}
+            for leaf in sorted(counts.keys() - model_leaves)
+        ],
+    }
 
 
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
@@ -200,11 +403,12 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     taxonomy = Taxonomy.load(config.taxonomy)
     classifier = Classifier.load(config.model_dir, taxonomy=taxonomy)
     truncated = classifier.truncated
-    values = read_business_values(config.business_values)
+    values = read_business_values_many(config.business_values)
     rows = _rows(config)
+    labels_names = ", ".join(str(labels) for labels, _ in config.source_pairs())
     images, failed = load_images(
         rows,
-        config.images_root,
+        Path("/"),  # read_sources made every image path absolute
         classifier.input_size,
         cache_dir=config.cache_dir,
         progress=config.progress,
@@ -216,7 +420,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         )
     kept = [row for index, row in enumerate(rows) if index not in failed_set]
     if not kept:
-        raise ModelError(f"none of the {len(rows)} images of {config.labels} could be read")
+        raise ModelError(f"none of the {len(rows)} images of {labels_names} could be read")
     true_nodes = [truncated.truncate_id(row.category_id) for row in kept]
 
     outputs, rate = _infer(classifier, images, config.batch_size)
@@ -230,6 +434,10 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     leaf_confidence = np.array([prediction.path[-1].confidence for prediction in predictions])
     # With threshold 0 the path ends at the leaf, so its last node carries the leaf confidence.
     curve = coverage_curve(leaf_confidence, correct)
+    # Head outputs may stray from [0, 1] by float rounding; the bins need [0, 1].
+    calibration_confidence = np.clip(leaf_confidence, 0.0, 1.0)
+    reliability = calibration_bins(calibration_confidence, correct, DEFAULT_CALIBRATION_BINS)
+    ece = expected_calibration_error(calibration_confidence, correct, DEFAULT_CALIBRATION_BINS)
 
     config.output.mkdir(parents=True, exist_ok=True)
     confusion.write_csv(config.output / "confusion_top50.csv")
@@ -239,6 +447,12 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         title=f"{classifier.info.name} ({classifier.info.heads}): most valuable categories",
     )
     plot_coverage(curve, config.output / "coverage.png", title=f"{classifier.info.name}: abstain")
+    plot_reliability(
+        reliability,
+        config.output / "reliability.png",
+        title=f"{classifier.info.name}: reliability",
+        ece=ece,
+    )
     metadata = classifier.metadata
     training = metadata.get("training", {})
     report: dict[str, Any] = {
@@ -255,15 +469,21 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             "directory": str(config.model_dir),
         },
         "data": {
-            "labels": str(config.labels),
+            "labels": labels_names,
             "split": config.split,
             "images": len(kept),
             "unreadable": len(failed),
             "categories": len(set(true_nodes)),
         },
         "leaf_accuracy": float(correct.mean()),
+        "macro_accuracy": macro_accuracy(true_nodes, predicted),
         "weighted_score": weighted_accuracy(true_nodes, predicted, truncated, values),
-        "macro_f1": macro_f1(true_nodes, predicted),
+        "macro_f1": macro_f1(true_nodes, predicted, classes=set(true_nodes)),
+        "ece": ece,
+        "sources": _per_source(
+            config, rows, failed_set, kept, true_nodes, predicted, truncated, values
+        ),
+        "leaves": _leaf_coverage(classifier, true_nodes),
         "mean_tree_distance": mean_tree_distance(truncated, true_nodes, predicted),
         "levels": [
             {"level": level, "accuracy": accuracy, "top5": top}
@@ -280,7 +500,23 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             {"threshold": p.threshold, "coverage": p.coverage, "accuracy": p.accuracy}
             for p in curve
         ],
-        "files": ["report.md", "confusion_top50.png", "confusion_top50.csv", "coverage.png"],
+        "calibration": [
+            {
+                "lower": entry.lower,
+                "upper": entry.upper,
+                "count": entry.count,
+                "confidence": entry.confidence,
+                "accuracy": entry.accuracy,
+            }
+            for entry in reliability
+        ],
+        "files": [
+            "report.md",
+            "confusion_top50.png",
+            "confusion_top50.csv",
+            "coverage.png",
+            "reliability.png",
+        ],
     }
     (config.output / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n")
     (config.output / "report.md").write_text(_markdown(report))
@@ -288,7 +524,9 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         "evaluated",
         model=classifier.info.name,
         leaf_accuracy=round(report["leaf_accuracy"], 4),
+        macro_accuracy=round(report["macro_accuracy"], 4),
         weighted_score=round(report["weighted_score"], 4),
+        ece=round(ece, 4),
         images=len(kept),
         output=str(config.output),
     )

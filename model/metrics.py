@@ -7,6 +7,8 @@ Category ids are Google Product Taxonomy ids. Functions that take a
 
 - **business values** (:func:`read_business_values`): a CSV of ``google_category_id,
   business_value``, one illustrative purchase volume per category, finite and ``>= 0``.
+  :func:`read_business_values_many` merges several such files; a category may be in more
+  than one only with the same value.
 - **node value** (:func:`node_values`): ``v(N)`` = the sum of the business values of ``N``
   and of every category beneath ``N`` in the full taxonomy; 0 when none has a value.
 - **accuracy** (:func:`accuracy`): ``#{i : t_i = p_i} / n``.
@@ -18,7 +20,13 @@ Category ids are Google Product Taxonomy ids. Functions that take a
 - **macro-F1** (:func:`macro_f1`): the unweighted mean over the classes ``C`` that occur
   among the true or the predicted ids of ``F1(c) = 2 TP / (2 TP + FP + FN)`` (equal to the
   harmonic mean of precision and recall, and 0 when ``TP = 0``). A class that is neither
-  true nor predicted for any sample is not a class.
+  true nor predicted for any sample is not a class. Given ``classes``, the mean is over
+  those classes only (``enrich evaluate`` passes the true classes, so a class with no
+  sample is left out; predictions of it still count as misses of the true class).
+- **per-class recall** (:func:`per_class_recall`): for each true class ``c``,
+  ``#{i : t_i = c = p_i} / #{i : t_i = c}``. **Macro accuracy** (:func:`macro_accuracy`,
+  balanced accuracy) is its unweighted mean over the true classes: every class weighs the
+  same however many samples it has; a class with no sample is not in the mean.
 - **business-value-weighted accuracy** (:func:`weighted_accuracy`):
   ``sum_i v(t_i) [t_i = p_i] / sum_i v(t_i)``: accuracy where every sample weighs its true
   node's value, so a miss on a valuable category costs more.
@@ -37,6 +45,11 @@ Category ids are Google Product Taxonomy ids. Functions that take a
 - **coverage curve** (:func:`coverage_curve`): for each threshold ``θ``, coverage is the
   share of samples with confidence ``>= θ`` (those the service would not abstain on) and
   accuracy is the share of those that are correct (``None`` when there are none).
+- **calibration** (:func:`calibration_bins`, :func:`expected_calibration_error`): the
+  confidences are put in ``B`` (default 15) equal-width bins, bin ``b`` holding the
+  confidences in ``(b/B, (b+1)/B]`` (a confidence of 0 goes in the first bin); per bin its
+  mean confidence and its accuracy (share correct). ``ECE = sum_b (n_b / n) |acc_b -
+  conf_b|`` over the non-empty bins: 0 when confidence matches the hit rate.
 
 Every function raises :class:`~model.errors.ModelError` for input it cannot score (no
 samples, sequences of different lengths); an id that is not a category raises
@@ -49,7 +62,7 @@ import csv
 import math
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,17 +76,23 @@ from model.taxonomy import TruncatedTaxonomy
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "OTHER",
+    "CalibrationBin",
     "ConfusionTop",
     "CoveragePoint",
     "Ids",
     "accuracy",
+    "calibration_bins",
     "confusion_top",
     "coverage_curve",
+    "expected_calibration_error",
+    "macro_accuracy",
     "macro_f1",
     "mean_tree_distance",
     "node_values",
+    "per_class_recall",
     "per_level_accuracy",
     "read_business_values",
+    "read_business_values_many",
     "topk_accuracy",
     "tree_distance",
     "weighted_accuracy",
@@ -176,6 +195,32 @@ def read_business_values(path: str | os.PathLike[str]) -> dict[int, float]:
     return values
 
 
+def read_business_values_many(
+    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+) -> dict[int, float]:
+    """Read and merge business-value CSVs (one path, or several) with :func:`read_business_values`.
+
+    A category listed in several files must have the same value in each; otherwise
+    :class:`ModelError` names the category and both files. Returns ids in first-seen order.
+    """
+    files = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    if not files:
+        raise ModelError("no business-value files given")
+    merged: dict[int, float] = {}
+    origin: dict[int, Path] = {}
+    for path in files:
+        file = Path(path)
+        for category_id, value in read_business_values(file).items():
+            if category_id in merged and merged[category_id] != value:
+                raise ModelError(
+                    f"category {category_id} has business value {merged[category_id]:g} in "
+                    f"{origin[category_id]} but {value:g} in {file}"
+                )
+            merged.setdefault(category_id, value)
+            origin.setdefault(category_id, file)
+    return merged
+
+
 def node_values(truncated: TruncatedTaxonomy, values: Mapping[int, float]) -> dict[int, float]:
     """Return every node of ``truncated`` mapped to its value (see the module docstring).
 
@@ -227,8 +272,12 @@ def topk_accuracy(labels: ArrayLike, probs: ArrayLike, k: int) -> float | None:
     return float(np.mean(rank < k))
 
 
-def macro_f1(true: Ids, pred: Ids) -> float:
-    """Return the mean F1 over the classes that are true or predicted for some sample."""
+def macro_f1(true: Ids, pred: Ids, classes: Iterable[int] | None = None) -> float:
+    """Return the mean F1 over the classes that are true or predicted for some sample.
+
+    With ``classes``, the mean is over those classes instead (a class with neither samples
+    nor predictions scores 0); :class:`ModelError` when ``classes`` is empty.
+    """
     true_list, pred_list = _pair(true, pred)
     hits: Counter[int] = Counter()
     true_counts = Counter(true_list)
@@ -236,10 +285,31 @@ def macro_f1(true: Ids, pred: Ids) -> float:
     for t, p in zip(true_list, pred_list, strict=True):
         if t == p:
             hits[t] += 1
-    classes = true_counts.keys() | pred_counts.keys()
-    # 2TP + FP + FN = (TP + FN) + (TP + FP) = true count + predicted count, never 0 here.
-    scores = [2 * hits[c] / (true_counts[c] + pred_counts[c]) for c in classes]
+    chosen = (
+        true_counts.keys() | pred_counts.keys() if classes is None else {int(c) for c in classes}
+    )
+    if not chosen:
+        raise ModelError("no classes to average the F1 over")
+    # 2TP + FP + FN = (TP + FN) + (TP + FP) = true count + predicted count.
+    scores = [
+        2 * hits[c] / (true_counts[c] + pred_counts[c]) if true_counts[c] + pred_counts[c] else 0.0
+        for c in chosen
+    ]
     return float(sum(scores) / len(scores))
+
+
+def per_class_recall(true: Ids, pred: Ids) -> dict[int, float]:
+    """Return each true class's recall (share of its samples predicted as it), sorted by id."""
+    true_list, pred_list = _pair(true, pred)
+    totals = Counter(true_list)
+    hits = Counter(t for t, p in zip(true_list, pred_list, strict=True) if t == p)
+    return {c: hits[c] / totals[c] for c in sorted(totals)}
+
+
+def macro_accuracy(true: Ids, pred: Ids) -> float:
+    """Return the balanced accuracy: the mean of :func:`per_class_recall` over true classes."""
+    recalls = per_class_recall(true, pred)
+    return float(sum(recalls.values()) / len(recalls))
 
 
 def weighted_accuracy(
@@ -417,6 +487,22 @@ class CoveragePoint:
     accuracy: float | None
 
 
+def _confidence_pairs(
+    confidences: ArrayLike, correct: ArrayLike
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """Per-sample confidences and correctness flags as flat arrays; ModelError if unpaired."""
+    confidence_array = np.asarray(confidences, dtype=np.float64).reshape(-1)
+    correct_array = np.asarray(correct).reshape(-1).astype(bool)
+    if len(confidence_array) != len(correct_array):
+        raise ModelError(
+            f"{len(confidence_array)} confidences but {len(correct_array)} correctness "
+            "flags: one each per sample"
+        )
+    if not len(confidence_array):
+        raise ModelError("no samples to score")
+    return confidence_array, correct_array
+
+
 def coverage_curve(
     confidences: ArrayLike,
     correct: ArrayLike,
@@ -427,15 +513,7 @@ def coverage_curve(
     ``confidences`` are per-sample confidences of the prediction, ``correct`` per-sample
     booleans; a sample is kept at threshold ``θ`` when its confidence is ``>= θ``.
     """
-    confidence_array = np.asarray(confidences, dtype=np.float64).reshape(-1)
-    correct_array = np.asarray(correct).reshape(-1).astype(bool)
-    if len(confidence_array) != len(correct_array):
-        raise ModelError(
-            f"{len(confidence_array)} confidences but {len(correct_array)} correctness "
-            "flags: one each per sample"
-        )
-    if not len(confidence_array):
-        raise ModelError("no samples to score")
+    confidence_array, correct_array = _confidence_pairs(confidences, correct)
     points: list[CoveragePoint] = []
     for threshold in DEFAULT_THRESHOLDS if thresholds is None else thresholds:
         kept = confidence_array >= threshold
@@ -448,3 +526,73 @@ def coverage_curve(
             )
         )
     return points
+
+
+DEFAULT_CALIBRATION_BINS = 15
+"""Equal-width confidence bins of the expected calibration error and reliability diagram."""
+
+
+@dataclass(frozen=True)
+class CalibrationBin:
+    """One confidence bin ``(lower, upper]``: its sample count, mean confidence and accuracy.
+
+    ``confidence`` and ``accuracy`` are ``None`` for an empty bin.
+    """
+
+    lower: float
+    upper: float
+    count: int
+    confidence: float | None
+    accuracy: float | None
+
+
+def calibration_bins(
+    confidences: ArrayLike, correct: ArrayLike, bins: int = DEFAULT_CALIBRATION_BINS
+) -> list[CalibrationBin]:
+    """Return ``bins`` equal-width confidence bins over [0, 1] (see the module docstring).
+
+    Confidences must lie in [0, 1]; :class:`ModelError` otherwise, for no samples, or for
+    sequences of different lengths.
+    """
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ModelError(f"bins must be a whole number >= 1, got {bins!r}")
+    confidence_array, correct_array = _confidence_pairs(confidences, correct)
+    outside = ~((confidence_array >= 0.0) & (confidence_array <= 1.0))
+    if outside.any():
+        raise ModelError(
+            f"confidences must lie in [0, 1], got {float(confidence_array[outside][0])!r}"
+        )
+    # Bin b holds (b/B, (b+1)/B], 0 in the first: the first upper edge >= c. Comparing with
+    # the edges themselves (not ceil(c * B)) keeps a confidence equal to an edge, such as
+    # 0.2 = 3/15, in the bin whose bounds the report shows.
+    uppers = np.arange(1, bins + 1, dtype=np.float64) / bins
+    index = np.minimum(np.searchsorted(uppers, confidence_array, side="left"), bins - 1)
+    result: list[CalibrationBin] = []
+    for number in range(bins):
+        members = index == number
+        count = int(members.sum())
+        result.append(
+            CalibrationBin(
+                lower=number / bins,
+                upper=(number + 1) / bins,
+                count=count,
+                confidence=float(confidence_array[members].mean()) if count else None,
+                accuracy=float(correct_array[members].mean()) if count else None,
+            )
+        )
+    return result
+
+
+def expected_calibration_error(
+    confidences: ArrayLike, correct: ArrayLike, bins: int = DEFAULT_CALIBRATION_BINS
+) -> float:
+    """Return the expected calibration error over ``bins`` equal-width confidence bins."""
+    table = calibration_bins(confidences, correct, bins)
+    total = sum(entry.count for entry in table)
+    return float(
+        sum(
+            entry.count / total * abs(entry.accuracy - entry.confidence)
+            for entry in table
+            if entry.accuracy is not None and entry.confidence is not None
+        )
+    )

@@ -26,9 +26,15 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from model.errors import ModelError
-from model.metrics import ConfusionTop, CoveragePoint
+from model.metrics import CalibrationBin, ConfusionTop, CoveragePoint
 
-__all__ = ["plot_comparison", "plot_confusion", "plot_coverage", "plot_training_curves"]
+__all__ = [
+    "plot_comparison",
+    "plot_confusion",
+    "plot_coverage",
+    "plot_reliability",
+    "plot_training_curves",
+]
 
 DPI = 120
 """Pixels per inch of the PNG files: a 50-category confusion plot comes out about 1,900 px."""
@@ -147,6 +153,50 @@ def plot_coverage(
         axes.grid(alpha=0.3)
         axes.legend(loc="lower left")
         axes.set_title(title)
+    except BaseException:
+        plt.close(figure)
+        raise
+    _save(figure, path)
+
+
+def plot_reliability(
+    bins: Sequence[CalibrationBin],
+    path: str | os.PathLike[str],
+    title: str = "Calibration: reliability diagram",
+    ece: float | None = None,
+) -> None:
+    """Draw a reliability diagram: each confidence bin's accuracy against the diagonal.
+
+    Top panel: one bar per non-empty bin at its accuracy, the bin's mean confidence marked,
+    and the diagonal of perfect calibration (bars below it: over-confident). Bottom panel:
+    the number of samples per bin. ``ece`` goes in the title when given.
+    """
+    if not bins:
+        raise ModelError("no calibration bins to plot")
+    lefts = [entry.lower for entry in bins]
+    widths = [entry.upper - entry.lower for entry in bins]
+    centres = [entry.lower + width / 2 for entry, width in zip(bins, widths, strict=True)]
+    accuracy = [math.nan if entry.accuracy is None else entry.accuracy for entry in bins]
+    confidence = [math.nan if entry.confidence is None else entry.confidence for entry in bins]
+    counts = [entry.count for entry in bins]
+    figure = plt.figure(figsize=(6.0, 6.5), layout="constrained")
+    try:
+        top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+        top.bar(lefts, accuracy, width=widths, align="edge", edgecolor="black", alpha=0.8,
+                label="accuracy of the bin")  # fmt: skip
+        top.plot(centres, confidence, linestyle="none", marker="o", markersize=4,
+                 color="tab:red", label="mean confidence of the bin")  # fmt: skip
+        top.plot([0.0, 1.0], [0.0, 1.0], linestyle="--", color="grey", label="perfectly calibrated")
+        top.set_xlim(0.0, 1.0)
+        top.set_ylim(0.0, 1.05)
+        top.set_ylabel("accuracy")
+        top.grid(alpha=0.3)
+        top.legend(loc="upper left", fontsize=8)
+        top.set_title(title if ece is None else f"{title} (ECE {ece:.4f})")
+        bottom.bar(lefts, counts, width=widths, align="edge", edgecolor="black", color="grey")
+        bottom.set_xlabel("confidence of the decoded leaf")
+        bottom.set_ylabel("images")
+        bottom.yaxis.set_major_locator(MaxNLocator(integer=True))
     except BaseException:
         plt.close(figure)
         raise

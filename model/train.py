@@ -20,7 +20,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +38,7 @@ from model.data import (
     load_dataset,
     load_images,
     read_labels,
+    read_sources,
 )
 from model.decode import Decoder
 from model.errors import ModelError
@@ -68,7 +69,8 @@ class TrainConfig:
     depth: int = 4
     backbone: str = DEFAULT_BACKBONE
     image_size: int | None = DEFAULT_IMAGE_SIZE
-    weights: Path | None = None
+    weights: Path | str | None = None
+    """A local weight file, or "imagenet-lite" / "imagenet" (see model.backbones)."""
     heads: HeadsKind = "multi"
     vocabulary: Literal["labels", "full"] = "labels"
     level_weights: tuple[float, ...] | None = None
@@ -95,6 +97,17 @@ class TrainConfig:
     dataset: Path | None = None
     """A folder built by `enrich build-dataset`; when set, `labels` and `images_root` are
     ignored and the shards' images, labels and split are used."""
+    sources: tuple[tuple[Path, Path], ...] = ()
+    """Several (labels file, images folder) pairs trained on together; when set, `labels`
+    and `images_root` are ignored (see `model.data.read_sources`)."""
+    business_values_files: tuple[Path, ...] = ()
+    """Several business-value files (one per source); merged with `business_values`."""
+    fine_tune_blocks: int = 0
+    """Transfer learning: backbone blocks, counted from the top, trained after the heads."""
+    fine_tune_epochs: int = 3
+    fine_tune_learning_rate: float = 1e-4
+    feature_views: int = 2
+    """Transfer learning: cached views of each training image (1: as is; 2: and mirrored)."""
 
 
 @dataclass
@@ -113,17 +126,37 @@ class TrainResult:
 @dataclass
 class _Split:
     rows: list[LabelRow]
-    images: NDArray[np.uint8]
+    images: NDArray[Any]
+    """Decoded uint8 images, or (transfer learning) their cached backbone features."""
     true_ids: NDArray[np.int64]
 
 
-def _level_targets(
+@dataclass
+class Prepared:
+    """A run's data, split and decoded: what end-to-end and transfer training start from."""
+
+    rows: list[LabelRow]
+    truncated: TruncatedTaxonomy
+    vocabulary: Vocabulary
+    train: _Split
+    validation: _Split
+    values: dict[int, float]
+    size: int
+    cache_dir: Path
+
+
+def level_targets(
     vocabulary: Vocabulary, heads: HeadsKind, true_ids: NDArray[np.int64]
 ) -> dict[str, NDArray[np.int32]]:
     if heads == "leaf":
         return {LEAF_HEAD: vocabulary.leaf_indices(true_ids).astype(np.int32)}
+    # "multi" and "marginal" are trained on the level labels (-1 below a sample's leaf);
+    # "marginal" also reports its leaf output's accuracy (that output carries no loss).
     encoded = vocabulary.encode_many(true_ids).astype(np.int32)
-    return {name: encoded[:, k] for k, name in enumerate(level_names(vocabulary.depth))}
+    targets = {name: encoded[:, k] for k, name in enumerate(level_names(vocabulary.depth))}
+    if heads == "marginal":
+        targets[LEAF_HEAD] = vocabulary.leaf_indices(true_ids).astype(np.int32)
+    return targets
 
 
 def _augment(image: Any, seed: Any) -> Any:
@@ -355,22 +388,27 @@ def _schedule(
     )
 
 
-def train(
-    config: TrainConfig, *, on_epoch: Callable[[int, dict[str, float]], None] | None = None
-) -> TrainResult:
-    """Train, checkpoint, early-stop on the validation weighted score, export the best model."""
-    started = time.monotonic()
-    keras.utils.set_random_seed(config.seed)
+def _read_rows(config: TrainConfig, size: int) -> tuple[list[LabelRow], NDArray[np.uint8] | None]:
+    """The labelled rows (and, for a built dataset, its decoded images)."""
+    if config.dataset is not None:
+        images, rows = load_dataset(config.dataset, size, progress=config.verbose > 0)
+        return rows, images
+    if config.sources:
+        return read_sources(config.sources), None
+    return read_labels(config.labels), None
+
+
+def prepare_data(config: TrainConfig) -> Prepared:
+    """Read, split and decode the run's data; write `split.csv`; choose the vocabulary.
+
+    Raises ModelError when the train or validation split is empty.
+    """
     taxonomy = Taxonomy.load(config.taxonomy)
     truncated = taxonomy.truncate(config.depth)
     from model.backbones import native_size
 
     size = config.image_size or native_size(config.backbone)
-    preloaded: NDArray[np.uint8] | None = None
-    if config.dataset is not None:
-        preloaded, rows = load_dataset(config.dataset, size, progress=config.verbose > 0)
-    else:
-        rows = read_labels(config.labels)
+    rows, preloaded = _read_rows(config, size)
     rows = (
         hold_out_validation(rows, truncated, config.holdout)
         if config.holdout
@@ -390,7 +428,9 @@ def train(
         else Vocabulary.from_labels(truncated, (r.category_id for r in train_rows))
     )
     cache_dir = config.cache_dir or config.output / "cache"
-    config = TrainConfig(**{**asdict(config), "cache_dir": cache_dir})
+    config = replace(config, cache_dir=cache_dir)
+    if config.sources:
+        config = replace(config, images_root=Path("/"))
     train_split = _load_split(rows, "train", config, size, truncated, preloaded)
     validation = _load_split(rows, "validation", config, size, truncated, preloaded)
     # Validation categories the training vocabulary lacks cannot be predicted: say so, and keep
@@ -398,11 +438,26 @@ def train(
     unknown = sorted({int(i) for i in validation.true_ids if int(i) not in vocabulary})
     if unknown:
         log.warning("validation_categories_not_in_training", categories=unknown[:20])
-    values = read_business_values(config.business_values) if config.business_values else {}
+    values: dict[int, float] = {}
+    value_files = [config.business_values] if config.business_values else []
+    for path in (*value_files, *config.business_values_files):
+        values.update(read_business_values(path))
     if not values:
         values = {int(i): 1.0 for i in set(train_split.true_ids) | set(validation.true_ids)}
+    return Prepared(rows, truncated, vocabulary, train_split, validation, values, size, cache_dir)
 
-    targets = _level_targets(vocabulary, config.heads, train_split.true_ids)
+
+def train(
+    config: TrainConfig, *, on_epoch: Callable[[int, dict[str, float]], None] | None = None
+) -> TrainResult:
+    """Train, checkpoint, early-stop on the validation weighted score, export the best model."""
+    started = time.monotonic()
+    keras.utils.set_random_seed(config.seed)
+    data = prepare_data(config)
+    config = replace(config, cache_dir=data.cache_dir)
+    size, truncated, vocabulary = data.size, data.truncated, data.vocabulary
+    train_split, validation, values = data.train, data.validation, data.values
+    targets = level_targets(vocabulary, config.heads, train_split.true_ids)
     weights = _class_weights(train_split.true_ids) if config.class_weighting == "balanced" else None
     train_ds = _dataset(
         train_split.images,
@@ -441,6 +496,7 @@ def train(
                 bn_momentum=config.bn_momentum,
                 dropout=config.dropout,
                 name=config.name.replace("-", "_"),
+                leaf_paths=vocabulary.encode_many(vocabulary.leaves),
             )
             compile_model(
                 model,

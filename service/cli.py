@@ -11,6 +11,8 @@ import click
 
 from model.errors import EnrichError
 from model.taxonomy import Taxonomy
+from service.cli_model import compare_command, evaluate_command, train_command
+from service.cli_options import EXISTING_DIR, EXISTING_FILE, taxonomy_option
 from service.logging import configure_logging
 
 
@@ -56,206 +58,11 @@ def taxonomy_stats(taxonomy_file: Path, depth: int, as_json: bool) -> None:
         click.echo(f"  level {level}         {count:,}")
 
 
-_EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
-_EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
-_OUTPUT_DIR = click.Path(file_okay=False, path_type=Path)
-
-
-def _taxonomy_option(function: Any) -> Any:
-    """The --taxonomy option shared by the model commands."""
-    return click.option(
-        "--taxonomy",
-        "taxonomy_file",
-        envvar="ENRICH_TAXONOMY",
-        required=True,
-        type=_EXISTING_FILE,
-        help="Google's taxonomy-with-ids file (env ENRICH_TAXONOMY).",
-    )(function)
-
-
-@cli.command("train")
-@click.option("--labels", default=None, type=_EXISTING_FILE, help="CSV or JSONL labels file.")
-@click.option(
-    "--images",
-    "images_root",
-    default=None,
-    type=_EXISTING_DIR,
-    help="Folder the labels' image paths are relative to.",
-)
-@click.option(
-    "--dataset",
-    default=None,
-    type=_EXISTING_DIR,
-    help="A folder built by `enrich build-dataset`, instead of --labels and --images.",
-)
-@_taxonomy_option
-@click.option("--depth", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--output", required=True, type=_OUTPUT_DIR, help="Run directory to write.")
-@click.option("--backbone", default=None, help="Backbone name (default: the CPU default).")
-@click.option(
-    "--image-size",
-    type=click.IntRange(min=32),
-    default=None,
-    help="Input side in pixels (default: the default backbone's, else its native).",
-)
-@click.option(
-    "--weights",
-    type=_EXISTING_FILE,
-    default=None,
-    help="Local file of pretrained backbone weights (nothing is downloaded).",
-)
-@click.option("--heads", type=click.Choice(["multi", "leaf"]), default="multi", show_default=True)
-@click.option(
-    "--vocabulary", type=click.Choice(["labels", "full"]), default="labels", show_default=True
-)
-@click.option(
-    "--level-weights",
-    default=None,
-    help="Comma-separated loss weight per level, e.g. 1,2,3,4 (default: by depth).",
-)
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option(
-    "--learning-rate", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True
-)
-@click.option(
-    "--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True
-)
-@click.option("--warmup-epochs", type=click.IntRange(min=0), default=1, show_default=True)
-@click.option("--augment/--no-augment", default=True, show_default=True)
-@click.option(
-    "--class-weighting", type=click.Choice(["none", "balanced"]), default="none", show_default=True
-)
-@click.option(
-    "--bn-momentum",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=None,
-    help="BatchNormalization momentum (default: the measured training default).",
-)
-@click.option(
-    "--patience",
-    type=click.IntRange(min=1),
-    default=6,
-    show_default=True,
-    help="Epochs without a better validation weighted score before stopping.",
-)
-@click.option(
-    "--time-budget",
-    "time_budget_s",
-    type=click.FloatRange(min=1),
-    default=None,
-    help="Stop before an epoch that would end after this many seconds.",
-)
-@click.option(
-    "--business-values",
-    type=_EXISTING_FILE,
-    default=None,
-    help="CSV google_category_id,business_value for the validation score.",
-)
-@click.option(
-    "--holdout",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    default=None,
-    help="Early-stop on this fraction of the train split and leave the file's validation "
-    "split untouched (it becomes 'test' in split.csv), for an unbiased `enrich evaluate`.",
-)
-@click.option("--name", default="catalog-classifier", show_default=True)
-@click.option(
-    "--verbose",
-    type=click.IntRange(0, 2),
-    default=1,
-    show_default=True,
-    help="Keras progress: 0 silent, 1 progress bar, 2 one line per epoch.",
-)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--resume", is_flag=True, help="Go on from the run directory's last checkpoint.")
-def train_command(
-    labels: Path | None,
-    images_root: Path | None,
-    dataset: Path | None,
-    taxonomy_file: Path,
-    depth: int,
-    output: Path,
-    backbone: str | None,
-    image_size: int | None,
-    weights: Path | None,
-    heads: str,
-    vocabulary: str,
-    level_weights: str | None,
-    epochs: int,
-    batch_size: int,
-    learning_rate: float,
-    schedule: str,
-    warmup_epochs: int,
-    augment: bool,
-    class_weighting: str,
-    bn_momentum: float | None,
-    patience: int,
-    time_budget_s: float | None,
-    business_values: Path | None,
-    holdout: float | None,
-    name: str,
-    verbose: int,
-    seed: int,
-    resume: bool,
-) -> None:
-    """Train the multi-head (or flat) classifier and export the best model to OUTPUT/model."""
-    from model.build import parse_level_weights
-    from model.train import DEFAULT_BACKBONE, DEFAULT_BN_MOMENTUM, DEFAULT_IMAGE_SIZE, TrainConfig
-    from model.train import train as run_training
-
-    if dataset is not None:
-        if labels is not None or images_root is not None:
-            raise click.UsageError("give either --dataset or --labels with --images, not both")
-        labels, images_root = dataset / "split.csv", dataset
-    elif labels is None or images_root is None:
-        raise click.UsageError("give --labels and --images, or --dataset")
-    configure_logging()
-    chosen = backbone or DEFAULT_BACKBONE
-    size = image_size or (DEFAULT_IMAGE_SIZE if chosen == DEFAULT_BACKBONE else None)
-    config = TrainConfig(
-        labels=labels,
-        images_root=images_root,
-        dataset=dataset,
-        taxonomy=taxonomy_file,
-        output=output,
-        depth=depth,
-        backbone=chosen,
-        image_size=size,
-        weights=weights,
-        heads=heads,  # type: ignore[arg-type]
-        vocabulary=vocabulary,  # type: ignore[arg-type]
-        level_weights=parse_level_weights(level_weights, depth) if level_weights else None,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        schedule=schedule,  # type: ignore[arg-type]
-        warmup_epochs=warmup_epochs,
-        augment=augment,
-        class_weighting=class_weighting,  # type: ignore[arg-type]
-        bn_momentum=DEFAULT_BN_MOMENTUM if bn_momentum is None else bn_momentum,
-        patience=patience,
-        time_budget_s=time_budget_s,
-        business_values=business_values,
-        resume=resume,
-        holdout=holdout,
-        seed=seed,
-        name=name,
-        verbose=verbose,
-    )
-    result = run_training(config)
-    click.echo(
-        f"trained {result.epochs_run} epochs in {result.elapsed_s:.0f}s "
-        f"({result.stopped_because}); best epoch {result.best_epoch + 1}, validation weighted "
-        f"score {result.best_score:.4f}; model: {result.model_dir}"
-    )
-
-
 @cli.group("build-dataset", invoke_without_command=True)
 @click.option(
     "--labels",
     default=None,
-    type=_EXISTING_FILE,
+    type=EXISTING_FILE,
     help="CSV or JSONL with product_id, image_url, google_category_id.",
 )
 @click.option(
@@ -279,7 +86,7 @@ def train_command(
     "taxonomy_file",
     envvar="ENRICH_TAXONOMY",
     default=None,
-    type=_EXISTING_FILE,
+    type=EXISTING_FILE,
     help="Google's taxonomy-with-ids file (env ENRICH_TAXONOMY).",
 )
 @click.option("--output", default=None, help="Dataset folder: a local path or a tf.io.gfile URL.")
@@ -411,7 +218,7 @@ def build_dataset_command(
 
 
 @build_dataset_command.command("finalize")
-@_taxonomy_option
+@taxonomy_option
 @click.option("--output", required=True, help="The dataset folder the workers wrote.")
 def build_dataset_finalize(taxonomy_file: Path, output: str) -> None:
     """Merge every worker's shard manifests: split, failures file, statistics."""
@@ -430,77 +237,6 @@ def build_dataset_finalize(taxonomy_file: Path, output: str) -> None:
     )
 
 
-@cli.command("evaluate")
-@click.option(
-    "--model",
-    "model_dir",
-    required=True,
-    type=_EXISTING_DIR,
-    help="A model directory written by `enrich train`.",
-)
-@click.option("--labels", required=True, type=_EXISTING_FILE, help="CSV or JSONL labels file.")
-@click.option("--images", "images_root", required=True, type=_EXISTING_DIR)
-@_taxonomy_option
-@click.option(
-    "--business-values",
-    required=True,
-    type=_EXISTING_FILE,
-    help="CSV google_category_id,business_value.",
-)
-@click.option("--output", required=True, type=_OUTPUT_DIR, help="Report directory to write.")
-@click.option(
-    "--split",
-    default="validation",
-    show_default=True,
-    help="Rows of this split only (when the labels have splits); 'all' for every row.",
-)
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-def evaluate_command(
-    model_dir: Path,
-    labels: Path,
-    images_root: Path,
-    taxonomy_file: Path,
-    business_values: Path,
-    output: Path,
-    split: str,
-    batch_size: int,
-) -> None:
-    """Evaluate a model: report.json, report.md, confusion matrix and coverage pictures."""
-    from model.evaluate import EvaluateConfig, evaluate
-
-    configure_logging()
-    report = evaluate(
-        EvaluateConfig(
-            model_dir=model_dir,
-            labels=labels,
-            images_root=images_root,
-            taxonomy=taxonomy_file,
-            business_values=business_values,
-            output=output,
-            split=None if split == "all" else split,
-            batch_size=batch_size,
-        )
-    )
-    click.echo(
-        f"leaf accuracy {report['leaf_accuracy']:.4f}, weighted score "
-        f"{report['weighted_score']:.4f} on {report['data']['images']} images; "
-        f"report: {output / 'report.md'}"
-    )
-
-
-@cli.command("compare")
-@click.argument("report_dirs", nargs=-1, required=True, type=_EXISTING_DIR)
-@click.option(
-    "--output", required=True, type=_OUTPUT_DIR, help="Where comparison.md, .csv and .png go."
-)
-def compare_command(report_dirs: tuple[Path, ...], output: Path) -> None:
-    """Put evaluation reports side by side: Markdown, CSV and PNG."""
-    from model.compare import compare
-
-    rows = compare(list(report_dirs), output)
-    click.echo(f"compared {len(rows)} models: {output / 'comparison.md'}")
-
-
 def _settings(**flags: Any) -> Any:
     """Settings from the environment with the given flags winning; logging configured."""
     from service.config import load_settings
@@ -514,13 +250,13 @@ def _settings(**flags: Any) -> Any:
 @click.option(
     "--model",
     "model_dir",
-    type=_EXISTING_DIR,
+    type=EXISTING_DIR,
     default=None,
     help="Model directory (env ENRICH_MODEL_DIR).",
 )
 @click.option(
     "--taxonomy",
-    type=_EXISTING_FILE,
+    type=EXISTING_FILE,
     default=None,
     help="Taxonomy file to check the model against (env ENRICH_TAXONOMY).",
 )
@@ -550,11 +286,11 @@ def serve_command(**flags: Any) -> None:
 @click.option(
     "--model",
     "model_dir",
-    type=_EXISTING_DIR,
+    type=EXISTING_DIR,
     default=None,
     help="Model directory (env ENRICH_MODEL_DIR): the new model to reclassify with.",
 )
-@click.option("--taxonomy", type=_EXISTING_FILE, default=None)
+@click.option("--taxonomy", type=EXISTING_FILE, default=None)
 @click.option("--input-topic", default=None, help="Topic to replay (env ENRICH_INPUT_TOPIC).")
 @click.option(
     "--output-topic",
@@ -613,7 +349,7 @@ def replay_command(
 @click.option(
     "--model",
     "model_dir",
-    type=_EXISTING_DIR,
+    type=EXISTING_DIR,
     default=None,
     help="Use this model instead of training the demo's small one.",
 )
@@ -632,6 +368,10 @@ def demo_command(products: int, model_dir: Path | None, as_json: bool) -> None:
     click.echo(json.dumps(result.to_json()) if as_json else format_table(result))
     if result.outputs < result.products - result.dead_lettered:
         raise EnrichError(f"the demo got {result.outputs} outputs for {result.products} products")
+
+
+for _command in (train_command, evaluate_command, compare_command):
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -1,6 +1,10 @@
 """Tests of model.backbones: the registry, uint8 input with preprocessing inside, BN momentum."""
 
 import functools
+import hashlib
+import socket
+import time
+import urllib.error
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -11,6 +15,8 @@ import pytest
 
 from model.backbones import (
     BACKBONES,
+    IMAGENET,
+    IMAGENET_LITE,
     ImagePreprocessing,
     batch_normalization_layers,
     build_backbone,
@@ -268,7 +274,7 @@ class TestBuildBackboneErrors:
             ({"name": "tiny", "bn_momentum": 1.0}, r"bn_momentum must be in \[0, 1\), got 1\.0"),
             ({"name": "tiny", "bn_momentum": -0.1}, r"got -0\.1"),
             ({"name": "tiny", "bn_momentum": "0.9"}, r"got '0\.9'"),
-            ({"name": "tiny", "weights": "imagenet"}, r"'imagenet' must end in one of"),
+            ({"name": "tiny", "weights": "imagenet.npz"}, r"'imagenet.npz' must end in one of"),
             ({"name": "tiny", "weights": 3}, r"path of a local weight file, got 3"),
         ],
     )
@@ -343,5 +349,159 @@ class TestWeights:
         )
         image = images(32, seed=7).astype("float32")
         actual = numpy(keras.Model(loaded.inputs, stem.output)(image))
+        expected = (image / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+        np.testing.assert_allclose(expected, actual, rtol=1e-5, atol=1e-5)
+
+
+# keras.applications' cache: `keras_home()` is $KERAS_HOME (or ~/.keras) read once, at import.
+KERAS_CONFIG = keras.src.backend.config
+KERAS_FILE_UTILS = keras.src.utils.file_utils
+# The file keras.applications.MobileNetV3Small(include_top=False, weights="imagenet") looks
+# for in <keras home>/models/, and the key of its md5 in WEIGHTS_HASHES (keras 3.x).
+MOBILENET_KEY = "small_224_1.0_float"
+MOBILENET_FILE = f"weights_mobilenet_v3_{MOBILENET_KEY}_no_top_v2.h5"
+
+
+@pytest.fixture
+def keras_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Keras home, as keras.utils.get_file sees it, with its models/ cache folder."""
+    home = tmp_path / "keras_home"
+    (home / "models").mkdir(parents=True)
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    monkeypatch.setattr(KERAS_CONFIG, "_KERAS_DIR", str(home))
+    return home
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """No network: every download or connection attempt is recorded and fails at once."""
+    attempts: list[str] = []
+
+    def refuse(target: Any, *args: Any, **kwargs: Any) -> Any:
+        attempts.append(str(target))
+        raise urllib.error.URLError("network disabled in tests")
+
+    monkeypatch.setattr(KERAS_FILE_UTILS, "urlretrieve", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    return attempts
+
+
+def cache_keras_file(
+    monkeypatch: pytest.MonkeyPatch, module: ModuleType, key: str, path: Path, model: Any
+) -> None:
+    """Save ``model`` as Keras' legacy .h5 file at ``path``, registered under its md5."""
+    model.save(path)
+    md5 = hashlib.md5(path.read_bytes()).hexdigest()  # the hash keras.utils.get_file checks
+    monkeypatch.setitem(module.WEIGHTS_HASHES, key, (module.WEIGHTS_HASHES[key][0], md5))
+
+
+def randomise(model: Any, seed: int) -> None:
+    """Set every weight of ``model`` to a random value in [0.5, 1.5)."""
+    rng = np.random.default_rng(seed)
+    for weight in model.weights:
+        weight.assign(rng.uniform(0.5, 1.5, weight.shape).astype(weight.dtype))
+
+
+@pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
+class TestKerasImagenetWeights:
+    """build_backbone(weights="imagenet"): keras.applications' own ImageNet weights."""
+
+    def test_loads_the_file_keras_caches(
+        self, keras_home: Path, offline: list[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The weight file Keras caches for the application is loaded, with no network."""
+        source = keras.applications.MobileNetV3Small(
+            input_shape=(224, 224, 3), include_top=False, weights=None
+        )
+        randomise(source, seed=8)
+        cache_keras_file(
+            monkeypatch,
+            keras.src.applications.mobilenet_v3,
+            MOBILENET_KEY,
+            keras_home / "models" / MOBILENET_FILE,
+            source,
+        )
+        loaded = features_of(build_backbone("mobilenet_v3_small", weights=IMAGENET))
+        assert [] == offline
+        expected = source.get_weights()
+        actual = loaded.get_weights()
+        assert len(expected) == len(actual)
+        for want, got in zip(expected, actual, strict=True):
+            np.testing.assert_array_equal(want, got)
+
+    def test_nothing_cached_and_no_network_is_a_clear_error(
+        self, keras_home: Path, offline: list[str]
+    ) -> None:
+        """Without a cached file or network, ModelError says where the file comes from."""
+        started = time.monotonic()
+        with pytest.raises(ModelError) as raised:
+            build_backbone("mobilenet_v3_small", image_size=224, weights=IMAGENET)
+        message = str(raised.value)
+        assert "backbone 'mobilenet_v3_small'" in message
+        assert "from its storage on first use" in message
+        assert str(keras_home / "models") in message
+        assert "--weights FILE" in message
+        assert raised.value.__cause__ is not None
+        assert [MOBILENET_FILE] == [url.rsplit("/", 1)[-1] for url in offline]
+        assert time.monotonic() - started < 20
+
+    @pytest.mark.parametrize(
+        ("name", "message"),
+        [
+            ("tiny", r"'imagenet' .* exist only for .*xception, not 'tiny'; it has no pretrained"),
+            ("efficientnet_lite0", r"not 'efficientnet_lite0'; .* weights='imagenet-lite'"),
+        ],
+    )
+    def test_backbone_without_keras_weights_is_refused(
+        self, name: str, message: str, offline: list[str]
+    ) -> None:
+        """A backbone keras.applications has no ImageNet weights for raises ModelError."""
+        with pytest.raises(ModelError, match=message):
+            build_backbone(name, weights=IMAGENET)
+        assert [] == offline
+
+    def test_every_keras_application_has_them(self) -> None:
+        """Exactly the keras.applications backbones take weights="imagenet"."""
+        with_keras = {name for name, spec in BACKBONES.items() if spec.keras_imagenet}
+        assert set(KERAS_MODULES) == with_keras
+        assert IMAGENET_LITE != IMAGENET
+
+    @pytest.mark.slow
+    def test_efficientnet_stem_stays_as_without_weights(
+        self, keras_home: Path, offline: list[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With Keras' EfficientNet file the graph and stem are those built without weights."""
+        source = keras.applications.EfficientNetB0(
+            input_shape=(224, 224, 3), include_top=False, weights=None
+        )
+        randomise(source, seed=9)
+        stem = next(
+            layer for layer in source.layers if isinstance(layer, keras.layers.Normalization)
+        )
+        stem.adapt_mean.assign(IMAGENET_MEAN)
+        stem.adapt_variance.assign(IMAGENET_STD)  # what Keras' files hold
+        cache_keras_file(
+            monkeypatch,
+            keras.src.applications.efficientnet,
+            "b0",
+            keras_home / "models" / "efficientnetb0_notop.h5",
+            source,
+        )
+        loaded = features_of(build_backbone("efficientnet_b0", weights=IMAGENET))
+        plain = features_of(build_backbone("efficientnet_b0"))
+        assert [] == offline
+        assert [type(layer) for layer in plain.layers] == [type(layer) for layer in loaded.layers]
+        for layer in loaded.layers:
+            if layer.weights and not isinstance(layer, keras.layers.Normalization):
+                for want, got in zip(
+                    source.get_layer(layer.name).get_weights(), layer.get_weights(), strict=True
+                ):
+                    np.testing.assert_array_equal(want, got)
+        normalization = next(
+            layer for layer in loaded.layers if isinstance(layer, keras.layers.Normalization)
+        )
+        image = images(224, seed=10).astype("float32")
+        actual = numpy(keras.Model(loaded.inputs, normalization.output)(image))
         expected = (image / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
         np.testing.assert_allclose(expected, actual, rtol=1e-5, atol=1e-5)

@@ -11,15 +11,21 @@ from model.errors import ModelError, TaxonomyError
 from model.metrics import (
     DEFAULT_THRESHOLDS,
     OTHER,
+    CalibrationBin,
     CoveragePoint,
     accuracy,
+    calibration_bins,
     confusion_top,
     coverage_curve,
+    expected_calibration_error,
+    macro_accuracy,
     macro_f1,
     mean_tree_distance,
     node_values,
+    per_class_recall,
     per_level_accuracy,
     read_business_values,
+    read_business_values_many,
     topk_accuracy,
     tree_distance,
     weighted_accuracy,
@@ -257,6 +263,23 @@ class TestMacroF1:
         """Every prediction right gives 1.0."""
         assert 1.0 == macro_f1([4, 5, 5, 6], [4, 5, 5, 6])
 
+    @pytest.mark.parametrize(
+        ("classes", "expected"),
+        [
+            ({1}, 2 / 3),  # class 9 (only predicted) is left out
+            ({1, 9}, 1 / 3),  # the default's classes
+            ({1, 7}, 1 / 3),  # class 7: no sample, no prediction: F1 0
+        ],
+    )
+    def test_given_classes_are_the_mean(self, classes: set[int], expected: float) -> None:
+        """With classes, the mean is over exactly those classes."""
+        assert expected == pytest.approx(macro_f1([1, 1], [1, 9], classes=classes))
+
+    def test_no_classes_is_an_error(self) -> None:
+        """An empty class set raises ModelError."""
+        with pytest.raises(ModelError, match="no classes"):
+            macro_f1([1], [1], classes=[])
+
     def test_empty_is_an_error(self) -> None:
         """No samples raise ModelError."""
         with pytest.raises(ModelError):
@@ -436,3 +459,134 @@ class TestCoverageCurve:
         """No samples, or sequences of different lengths, raise ModelError."""
         with pytest.raises(ModelError):
             coverage_curve(confidences, correct)
+
+
+class TestReadBusinessValuesMany:
+    """read_business_values_many: several files merged, disagreements refused."""
+
+    def test_merges_files_and_accepts_agreeing_repeats(self, tmp_path: Path) -> None:
+        """Categories of every file are kept; one listed twice with the same value is fine."""
+        first = tmp_path / "a.csv"
+        first.write_text("google_category_id,business_value\n1,10\n2,20\n")
+        second = tmp_path / "b.csv"
+        second.write_text("google_category_id,business_value\n2,20\n3,30\n")
+        assert {1: 10.0, 2: 20.0, 3: 30.0} == read_business_values_many([first, second])
+
+    def test_one_path_reads_like_read_business_values(self, business_file: Path) -> None:
+        """A single path, bare or in a list, gives the same mapping as the one-file reader."""
+        expected = read_business_values(business_file)
+        assert expected == read_business_values_many(business_file)
+        assert expected == read_business_values_many([business_file])
+
+    def test_disagreement_names_both_files(self, tmp_path: Path) -> None:
+        """A category with two values raises ModelError naming the category and both files."""
+        first = tmp_path / "a.csv"
+        first.write_text("google_category_id,business_value\n2,20\n")
+        second = tmp_path / "b.csv"
+        second.write_text("google_category_id,business_value\n2,25\n")
+        with pytest.raises(ModelError) as caught:
+            read_business_values_many([first, second])
+        message = str(caught.value)
+        assert "category 2" in message
+        assert str(first) in message
+        assert str(second) in message
+
+    def test_the_two_shared_files_agree(self, shared_data: Path, business_file: Path) -> None:
+        """The shared product-images and fashion-products values merge without conflict."""
+        fashion = shared_data / "fashion-products" / "business-value.csv"
+        merged = read_business_values_many([business_file, fashion])
+        assert read_business_values(business_file).items() <= merged.items()
+        assert read_business_values(fashion).items() <= merged.items()
+
+    def test_no_files_is_an_error(self) -> None:
+        """An empty list raises ModelError."""
+        with pytest.raises(ModelError, match="no business-value files"):
+            read_business_values_many([])
+
+
+class TestMacroAccuracy:
+    """per_class_recall and macro_accuracy: balanced accuracy over the true classes."""
+
+    @pytest.mark.parametrize(
+        ("true", "pred", "recalls", "expected"),
+        [
+            # Class 1: 1 of 2 right; class 2: 1 of 1; class 3: 0 of 1.
+            ([1, 1, 2, 3], [1, 2, 2, 2], {1: 0.5, 2: 1.0, 3: 0.0}, 0.5),
+            # A big class right and a small one wrong: micro 0.9, macro 0.5.
+            ([1] * 9 + [2], [1] * 10, {1: 1.0, 2: 0.0}, 0.5),
+            # Predictions of a class with no sample (9) do not make it a class.
+            ([1, 1], [1, 9], {1: 0.5}, 0.5),
+            ([4, 5, 5], [4, 5, 5], {4: 1.0, 5: 1.0}, 1.0),
+        ],
+    )
+    def test_hand_examples(
+        self, true: list[int], pred: list[int], recalls: dict[int, float], expected: float
+    ) -> None:
+        """Each true class's recall, and their unweighted mean."""
+        assert recalls == per_class_recall(true, pred)
+        assert expected == pytest.approx(macro_accuracy(true, pred))
+
+    def test_empty_is_an_error(self) -> None:
+        """No samples raise ModelError."""
+        with pytest.raises(ModelError):
+            macro_accuracy([], [])
+
+
+class TestCalibration:
+    """calibration_bins and expected_calibration_error: 15 equal-width bins by default."""
+
+    @pytest.mark.parametrize(
+        ("confidences", "correct", "expected"),
+        [
+            # One bin (0.867, 0.933]: accuracy 3/4, confidence 0.9 → 0.15.
+            ([0.9, 0.9, 0.9, 0.9], [1, 1, 1, 0], 0.15),
+            # Bins (0.133, 0.2] and (0.733, 0.8], half the samples each: 0.5*0.2 + 0.5*0.2.
+            ([0.2, 0.2, 0.8, 0.8], [0, 0, 1, 1], 0.2),
+            # Confidence equals accuracy in its bin: perfectly calibrated.
+            ([0.5, 0.5], [1, 0], 0.0),
+            # Bin (0.933, 1]: confidence 0.975, accuracy 1 → 0.025; bin [0, 0.067]: 0.01, 0 →
+            # 0.01; weighted by 2/4 each.
+            ([1.0, 0.95, 0.0, 0.02], [1, 1, 0, 0], (0.025 + 0.01) / 2),
+            # Everything wrong at full confidence is the worst case.
+            ([1.0, 1.0, 1.0], [0, 0, 0], 1.0),
+        ],
+    )
+    def test_hand_examples(
+        self, confidences: list[float], correct: list[int], expected: float
+    ) -> None:
+        """The ECE is the count-weighted mean of |accuracy - confidence| over the bins."""
+        assert expected == pytest.approx(expected_calibration_error(confidences, correct))
+
+    def test_bins_hold_their_edges(self) -> None:
+        """Bin b holds (b/15, (b+1)/15]: 0 and 1/15 go to the first, 0.2 to (2/15, 3/15]."""
+        table = calibration_bins([0.0, 1 / 15, 0.2, 1.0], [True, False, True, True])
+        assert 15 == len(table)
+        assert [2, 0, 1] == [entry.count for entry in table[:3]]
+        assert CalibrationBin(0.0, 1 / 15, 2, 1 / 30, 0.5) == table[0]
+        assert 1 == table[-1].count
+        assert table[5] == CalibrationBin(5 / 15, 6 / 15, 0, None, None)
+
+    def test_one_bin_is_the_gap_of_the_means(self) -> None:
+        """With a single bin the ECE is |mean accuracy - mean confidence|."""
+        # Mean confidence 0.8, accuracy 2/3.
+        assert 0.8 - 2 / 3 == pytest.approx(
+            expected_calibration_error([0.9, 0.7, 0.8], [1, 0, 1], bins=1)
+        )
+
+    @pytest.mark.parametrize(
+        ("confidences", "correct", "bins", "message"),
+        [
+            ([], [], 15, "no samples"),
+            ([0.5], [1, 0], 15, "one each per sample"),
+            ([1.2], [1], 15, r"\[0, 1\]"),
+            ([-0.1], [1], 15, r"\[0, 1\]"),
+            ([math.nan], [1], 15, r"\[0, 1\]"),
+            ([0.5], [1], 0, "bins"),
+        ],
+    )
+    def test_bad_input_is_an_error(
+        self, confidences: list[float], correct: list[int], bins: int, message: str
+    ) -> None:
+        """No samples, mismatched lengths, confidences outside [0, 1] or no bins: ModelError."""
+        with pytest.raises(ModelError, match=message):
+            expected_calibration_error(confidences, correct, bins=bins)

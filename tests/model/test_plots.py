@@ -8,8 +8,14 @@ import pytest
 from PIL import Image
 
 from model.errors import ModelError
-from model.metrics import ConfusionTop, confusion_top, coverage_curve
-from model.plots import plot_comparison, plot_confusion, plot_coverage, plot_training_curves
+from model.metrics import ConfusionTop, calibration_bins, confusion_top, coverage_curve
+from model.plots import (
+    plot_comparison,
+    plot_confusion,
+    plot_coverage,
+    plot_reliability,
+    plot_training_curves,
+)
 from model.taxonomy import Taxonomy, TruncatedTaxonomy
 
 HISTORY = {
@@ -105,6 +111,28 @@ class TestPlotCoverage:
         """An empty curve raises ModelError."""
         with pytest.raises(ModelError):
             plot_coverage([], tmp_path / "coverage.png")
+
+
+class TestPlotReliability:
+    """plot_reliability: accuracy per confidence bin against the diagonal, counts below."""
+
+    @pytest.mark.parametrize("ece", [None, 0.123])
+    def test_writes_upright_png(self, tmp_path: Path, ece: float | None) -> None:
+        """The diagram is a portrait, non-blank PNG; empty bins are no trouble."""
+        rng = np.random.default_rng(5)
+        confidences = rng.random(300) * 0.6 + 0.4
+        bins = calibration_bins(confidences, rng.random(300) < confidences**2)
+        path = tmp_path / "reliability.png"
+        plot_reliability(bins, path, ece=ece)
+        aspect, variance = _png(path)
+        assert 0.7 < aspect < 1.0
+        assert variance > 0
+        assert [] == plt.get_fignums()
+
+    def test_no_bins_is_an_error(self, tmp_path: Path) -> None:
+        """No bins raise ModelError."""
+        with pytest.raises(ModelError):
+            plot_reliability([], tmp_path / "reliability.png")
 
 
 class TestPlotTrainingCurves:

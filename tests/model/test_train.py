@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from service.cli import cli
+from tests.support.labels import write_small_labels
 
 pytestmark = pytest.mark.slow
 
@@ -22,22 +22,8 @@ PER_LEAF = {"train": 3, "validation": 2}
 @pytest.fixture(scope="module")
 def small_labels(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A few dozen real shared images: 3 train and 2 validation per depth-5 class."""
-    source = shared_data / "product-images" / "labels.csv"
-    chosen: dict[tuple[str, str], list[dict[str, str]]] = defaultdict(list)
-    with source.open() as stream:
-        for row in csv.DictReader(stream):
-            split = "validation" if row["split"] in ("val", "validation") else row["split"]
-            key = (split, row["google_category_id"])
-            if len(chosen[key]) < PER_LEAF[split]:
-                chosen[key].append({**row, "split": split})
     path = tmp_path_factory.mktemp("labels") / "labels.csv"
-    with path.open("w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=["image_path", "google_category_id", "split"])
-        writer.writeheader()
-        for rows in chosen.values():
-            for row in rows:
-                writer.writerow({k: row[k] for k in ("image_path", "google_category_id", "split")})
-    return path
+    return write_small_labels(shared_data, path, PER_LEAF)
 
 
 def _invoke(args: list[str]) -> str:
