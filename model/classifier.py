@@ -61,9 +61,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _vocabulary_taxonomy(
-    truncated: TruncatedTaxonomy, vocabulary: Vocabulary
-) -> list[dict[str, Any]]:
+def taxonomy_nodes(truncated: TruncatedTaxonomy, vocabulary: Vocabulary) -> list[dict[str, Any]]:
     """Every vocabulary node with its level, id, name and full path (for metadata.json)."""
     return [
         {
@@ -104,7 +102,7 @@ def save_model(
         "taxonomy": {
             "version": truncated.taxonomy.version or "unknown",
             "depth": truncated.depth,
-            "nodes": _vocabulary_taxonomy(truncated, vocabulary),
+            "nodes": taxonomy_nodes(truncated, vocabulary),
         },
         "vocabulary": vocabulary.to_json(),
         "level_weights": list(level_weights) if level_weights is not None else None,
@@ -142,7 +140,7 @@ def _verify_checksums(directory: Path) -> None:
             )
 
 
-def _taxonomy_from_metadata(metadata: Mapping[str, Any], source: str) -> Taxonomy:
+def taxonomy_from_metadata(metadata: Mapping[str, Any], source: str) -> Taxonomy:
     """A taxonomy of just the model's vocabulary nodes, rebuilt from their stored paths."""
     nodes = metadata["taxonomy"]["nodes"]
     id_of_path = {tuple(n["path"]): int(n["id"]) for n in nodes}
@@ -288,7 +286,7 @@ class Classifier:
             full = taxonomy if isinstance(taxonomy, Taxonomy) else Taxonomy.load(taxonomy)
             _check_against(metadata, full, directory)
         else:
-            full = _taxonomy_from_metadata(metadata, str(directory / METADATA_FILE))
+            full = taxonomy_from_metadata(metadata, str(directory / METADATA_FILE))
         truncated = full.truncate(int(metadata["taxonomy"]["depth"]))
         try:
             keras_model = keras.saving.load_model(directory / MODEL_FILE, compile=False)

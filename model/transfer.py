@@ -4,10 +4,10 @@
 end-to-end training (:mod:`model.train`). The steps:
 
 1. **Features, once.** The backbone is frozen, so what it computes for an image never
-   changes: it runs once over the training and validation images and the result is cached
-   on disk (:class:`FeatureCache`), keyed by the images' pixels, the backbone, its input
-   size, its weights, the cut point and the augmentation views. A changed image or setting
-   is a new key; seeds, head designs and later runs reuse the same file.
+   changes: it runs once per image and the result is cached on disk per image
+   (:mod:`model.feature_cache`), keyed by the image's pixels and by the backbone, its input
+   size, its weights, the cut point and the augmentation view. A changed image or setting
+   is computed again; seeds, head designs, depths and later runs reuse the rest.
 2. **Heads, in seconds.** The heads (:mod:`model.heads`: ``multi``, ``leaf`` or
    ``marginal``) are trained on the cached pooled features, with early stopping on the
    validation weighted score, as end-to-end training does.
@@ -20,6 +20,8 @@ end-to-end training (:mod:`model.train`). The steps:
    model directory (:func:`model.classifier.save_model`): the service and ``enrich
    evaluate`` cannot tell it from an end-to-end model. Before saving, the assembled model's
    outputs on a few validation images are checked against the trained parts' outputs.
+   When the backbone is the packaged one and was not fine-tuned, the heads alone are also
+   written as a bundle, ``OUTPUT/heads/`` (:mod:`model.bundle`, a few hundred kilobytes).
 
 Augmentation on cached features is limited to views computed before caching: view 0 is
 the image, view 1 its mirror image (``feature_views=2``, the default).
@@ -32,8 +34,7 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +46,17 @@ from tqdm import tqdm
 
 from model.backbones import IMAGENET_LITE, build_backbone
 from model.build import build_model, compile_model, count_params
+from model.bundle import save_bundle
 from model.classifier import decode_outputs, predict_outputs, save_model
 from model.decode import Decoder
 from model.errors import ModelError
+from model.feature_cache import FeatureCache
 from model.heads import attach_heads
 from model.metrics import weighted_accuracy
 from model.plots import plot_training_curves
 from model.train import Prepared, TrainConfig, TrainResult, level_targets, prepare_data
 
-__all__ = ["FeatureCache", "cut_layer_name", "extract", "train_transfer"]
+__all__ = ["cut_layer_name", "extract", "train_transfer"]
 
 log = structlog.get_logger(__name__)
 
@@ -158,50 +161,6 @@ def extract(
     return out
 
 
-@dataclass(frozen=True)
-class FeatureCache:
-    """Backbone outputs cached on disk, one ``.npy`` file per (images, settings) key."""
-
-    directory: Path
-
-    @staticmethod
-    def key(images: NDArray[np.uint8], settings: dict[str, Any]) -> str:
-        """The cache key: a digest of the images' pixels and every setting that matters."""
-        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-        digest.update(str(images.shape).encode())
-        digest.update(np.ascontiguousarray(images).data)
-        return digest.hexdigest()[:24]
-
-    def path(self, key: str) -> Path:
-        """Where the features of ``key`` are stored."""
-        return self.directory / f"features-{key}.npy"
-
-    def get_or_compute(
-        self,
-        images: NDArray[np.uint8],
-        settings: dict[str, Any],
-        compute: Callable[[], NDArray[Any]],
-    ) -> tuple[NDArray[Any], bool]:
-        """The cached features of ``images`` under ``settings``, computing them on a miss.
-
-        Returns ``(features, hit)``. A file that cannot be read is computed again; a new
-        file is written beside and renamed, so a crash never leaves half a file in place.
-        """
-        path = self.path(self.key(images, settings))
-        if path.exists():
-            try:
-                return np.load(path, mmap_mode="r"), True
-            except (OSError, ValueError) as exc:
-                log.warning("feature_cache_unreadable", path=str(path), error=str(exc))
-        features = compute()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, features)
-        tmp.replace(path)
-        (path.with_suffix(".json")).write_text(json.dumps(settings, indent=1, sort_keys=True))
-        return features, False
-
-
 def _cached_features(
     backbone: Any,
     images: NDArray[np.uint8],
@@ -212,23 +171,27 @@ def _cached_features(
     cut: str | None,
     progress: bool,
 ) -> tuple[NDArray[Any], int]:
-    """``(views, n, ...)`` backbone outputs of ``images``, and how many views were cached."""
+    """``(views, n, ...)`` backbone outputs of ``images``, and how many came from the cache."""
     model: Any = None
     dtype = "float32" if cut is None else "float16"
     parts, hits = [], 0
     for view in range(views):
 
-        def compute(view: int = view) -> NDArray[Any]:
+        def compute(missing: NDArray[np.uint8], view: int = view) -> NDArray[Any]:
             nonlocal model
             if model is None:
                 model = _bottom_model(backbone, cut)
             return extract(
-                model, _view(images, view), dtype=dtype, desc=f"features v{view}", progress=progress
+                model,
+                _view(missing, view),
+                dtype=dtype,
+                desc=f"features v{view}",
+                progress=progress,
             )
 
         features, hit = cache.get_or_compute(images, {**settings, "view": view}, compute)
         parts.append(features)
-        hits += int(hit)
+        hits += hit
     return np.stack(parts), hits
 
 
@@ -411,10 +374,12 @@ def train_transfer(config: TrainConfig) -> TrainResult:
         progress=progress,
     )
     timings["features_s"] = time.monotonic() - began
+    computed = config.feature_views * len(data.train.images) + len(data.validation.images)
+    computed -= train_hits + valid_hits
     log.info(
         "features_ready",
-        cached_views=train_hits + valid_hits,
-        computed_views=config.feature_views + 1 - train_hits - valid_hits,
+        cached=train_hits + valid_hits,
+        computed=computed,
         seconds=round(timings["features_s"], 1),
     )
     train_flat = train_in.reshape(-1, *train_in.shape[2:])
@@ -456,6 +421,7 @@ def train_transfer(config: TrainConfig) -> TrainResult:
     best, best_epoch = scorer.best, scorer.best_epoch
     reference, reference_inputs = head_model, valid_pooled
 
+    backbone_changed = top is not None
     if top is not None:
         for layer in top.layers:
             layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
@@ -492,6 +458,7 @@ def train_transfer(config: TrainConfig) -> TrainResult:
         timings["fine_tune_s"] = time.monotonic() - began
         if tuner.best_weights is None:
             tuned.set_weights(before)
+            backbone_changed = False
             log.info("fine_tune_not_better", heads_score=best)
         else:
             heads_epochs = sum(1 for stage in history["stage"] if stage == 0.0)
@@ -512,8 +479,10 @@ def train_transfer(config: TrainConfig) -> TrainResult:
             "weights": str(config.weights),
             "feature_views": config.feature_views,
             "fine_tune_blocks": config.fine_tune_blocks,
+            "fine_tune_kept": backbone_changed,
             "cut": cut,
-            "cached_views": train_hits + valid_hits,
+            "cached_features": train_hits + valid_hits,
+            "computed_features": computed,
             **{name: round(value, 1) for name, value in timings.items()},
         },
         "epochs": len(history.get("loss", [])),
@@ -546,6 +515,20 @@ def train_transfer(config: TrainConfig) -> TrainResult:
     (config.output / "history.json").write_text(json.dumps(history, indent=1))
     (config.output / "config.json").write_text(json.dumps(asdict(config), indent=1, default=str))
     plot_training_curves(history, config.output / "training_curves.png")
+    if config.weights == IMAGENET_LITE and not backbone_changed:
+        # The backbone is the packaged one: the heads alone rebuild the model (model.bundle).
+        save_bundle(
+            config.output / "heads",
+            head_model,
+            name=config.name,
+            backbone=config.backbone,
+            image_size=data.size,
+            heads=config.heads,
+            dropout=config.dropout,
+            truncated=data.truncated,
+            vocabulary=data.vocabulary,
+            training=summary,
+        )
     return TrainResult(
         model_dir, history, best_epoch, best, len(history.get("loss", [])), elapsed, "transfer"
     )

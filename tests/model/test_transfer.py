@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from model.backbones import IMAGENET_LITE, build_backbone
+from model.bundle import HEADS_FILE, materialise
 from model.classifier import Classifier
 from model.data import read_labels
 from model.errors import ModelError
+from model.feature_cache import FeatureCache
 from model.train import TrainConfig
-from model.transfer import FeatureCache, cut_layer_name, train_transfer
+from model.transfer import cut_layer_name, train_transfer
 from tests.support.labels import write_small_labels
 
 # Four depth-4 leaves under two roots: shirts & tops, skirts, fruits (apples), vegetables
@@ -30,52 +33,65 @@ def small_labels(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) ->
     )
 
 
-def _image(seed: int) -> np.ndarray:
+def _images(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 255, (4, 8, 8, 3), dtype=np.uint8)
 
 
-def test_feature_cache_computes_once_and_reuses(tmp_path: Path) -> None:
-    """The same images and settings hit the cache; the computation runs only the first time."""
-    cache = FeatureCache(tmp_path)
-    calls: list[int] = []
+def _compute(calls: list[int]) -> Callable[[np.ndarray], np.ndarray]:
+    """A stand-in backbone: each image's mean per channel; records how many it was given."""
 
-    def compute() -> np.ndarray:
-        calls.append(1)
-        return np.arange(8, dtype="float32").reshape(4, 2)
+    def compute(images: np.ndarray) -> np.ndarray:
+        calls.append(len(images))
+        return images.mean(axis=(1, 2)).astype("float32")
 
-    first, hit1 = cache.get_or_compute(_image(0), {"backbone": "b"}, compute)
-    second, hit2 = cache.get_or_compute(_image(0), {"backbone": "b"}, compute)
-    assert (hit1, hit2, len(calls)) == (False, True, 1)
+    return compute
+
+
+def test_feature_cache_computes_each_image_once(tmp_path: Path) -> None:
+    """The same images and settings come from the cache; the computation ran once."""
+    cache, calls = FeatureCache(tmp_path), []
+    first, hits1 = cache.get_or_compute(_images(0), {"backbone": "b"}, _compute(calls))
+    second, hits2 = cache.get_or_compute(_images(0), {"backbone": "b"}, _compute(calls))
+    assert (hits1, hits2, calls) == (0, 4, [4])
     np.testing.assert_array_equal(first, second)
+    np.testing.assert_allclose(first, _images(0).mean(axis=(1, 2)), rtol=1e-6)
 
 
-@pytest.mark.parametrize(
-    ("change", "why"),
-    [
-        ("pixel", "one changed pixel is a changed image"),
-        ("setting", "another backbone, size, weights, cut or view is another computation"),
-    ],
-)
-def test_feature_cache_key_changes_with_any_pixel_or_setting(change: str, why: str) -> None:
-    """A changed image or setting is a new key, so stale features are never served."""
-    images, settings = _image(0), {"backbone": "b", "image_size": 8, "view": 0}
-    base = FeatureCache.key(images, settings)
-    if change == "pixel":
-        images = images.copy()
-        images[3, 7, 7, 2] ^= 1
-    else:
-        settings = {**settings, "view": 1}
-    assert FeatureCache.key(images, settings) != base, why
+def test_feature_cache_recomputes_only_a_changed_image(tmp_path: Path) -> None:
+    """One changed pixel makes that image, and only it, computed again."""
+    cache, calls = FeatureCache(tmp_path), []
+    images = _images(0)
+    cache.get_or_compute(images, {"backbone": "b"}, _compute(calls))
+    images = images.copy()
+    images[3, 7, 7, 2] ^= 1
+    features, hits = cache.get_or_compute(images, {"backbone": "b"}, _compute(calls))
+    assert (hits, calls) == (3, [4, 1])
+    np.testing.assert_allclose(features, images.mean(axis=(1, 2)), rtol=1e-6)
 
 
-def test_feature_cache_recomputes_an_unreadable_file(tmp_path: Path) -> None:
-    """A truncated cache file is computed again rather than loaded or crashed on."""
-    cache = FeatureCache(tmp_path)
-    images, settings = _image(1), {"backbone": "b"}
-    cache.path(cache.key(images, settings)).write_bytes(b"\x93NUMPY trunc")
-    features, hit = cache.get_or_compute(images, settings, lambda: np.ones((4, 2), "float32"))
-    assert not hit
-    np.testing.assert_array_equal(features, np.ones((4, 2)))
+def test_feature_cache_serves_any_selection_and_separates_settings(tmp_path: Path) -> None:
+    """A subset in another order is all hits; another setting is another computation."""
+    cache, calls = FeatureCache(tmp_path), []
+    images = _images(0)
+    cache.get_or_compute(images, {"backbone": "b", "view": 0}, _compute(calls))
+    subset = images[[2, 0]]
+    features, hits = cache.get_or_compute(subset, {"backbone": "b", "view": 0}, _compute(calls))
+    assert (hits, calls) == (2, [4])
+    np.testing.assert_allclose(features, subset.mean(axis=(1, 2)), rtol=1e-6)
+    _, hits = cache.get_or_compute(images, {"backbone": "b", "view": 1}, _compute(calls))
+    assert (hits, calls) == (0, [4, 4])
+
+
+def test_feature_cache_recomputes_an_unreadable_chunk(tmp_path: Path) -> None:
+    """A damaged chunk is ignored and its images computed again, not loaded or crashed on."""
+    cache, calls = FeatureCache(tmp_path), []
+    settings = {"backbone": "b"}
+    cache.get_or_compute(_images(1), settings, _compute(calls))
+    for chunk in cache.folder(settings).glob("*.features.npy"):
+        chunk.write_bytes(b"\x93NUMPY trunc")
+    features, hits = cache.get_or_compute(_images(1), settings, _compute(calls))
+    assert (hits, calls) == (0, [4, 4])
+    np.testing.assert_allclose(features, _images(1).mean(axis=(1, 2)), rtol=1e-6)
 
 
 def test_cut_layer_is_the_last_layer_below_the_tuned_blocks() -> None:
@@ -126,7 +142,7 @@ def test_transfer_trains_exports_and_reuses_its_features(
     result = train_transfer(config)
     metadata = json.loads((result.model_dir / "metadata.json").read_text())
     transfer = metadata["training"]["transfer"]
-    assert transfer["cached_views"] == 0
+    assert transfer["cached_features"] == 0
     assert transfer["fine_tune_blocks"] == fine_tune
     assert metadata["heads"] == heads
     # Four classes, 12 validation photos: ImageNet features separate them (chance is 0.25).
@@ -142,6 +158,19 @@ def test_transfer_trains_exports_and_reuses_its_features(
     ]
     assert np.mean(hits) >= 0.75
 
+    bundle = config.output / "heads"
+    kept = transfer["fine_tune_kept"]
+    assert bundle.is_dir() is not kept, "a bundle exactly when the backbone is untouched"
+    if not kept:
+        rebuilt = Classifier.load(materialise(bundle, tmp_path / "rebuilt"))
+        again_predicted = rebuilt.classify([images / r.image for r in rows])
+        assert [p.leaf_id for p in again_predicted] == [p.leaf_id for p in predictions]
+        (bundle / HEADS_FILE).write_bytes((bundle / HEADS_FILE).read_bytes()[:-10])
+        with pytest.raises(ModelError, match="checksum"):
+            materialise(bundle, tmp_path / "damaged")
+
     again = train_transfer(config)
     rerun = json.loads((again.model_dir / "metadata.json").read_text())["training"]["transfer"]
-    assert rerun["cached_views"] == 3, "two training views and one validation view reused"
+    assert rerun["computed_features"] == 0, "every image's features came from the cache"
+    counts = metadata["training"]["images"]
+    assert rerun["cached_features"] == 2 * counts["train"] + counts["validation"]
