@@ -1,6 +1,6 @@
 """Training and inference speed of candidate backbones on this machine, side by side.
 
-Used to choose the default CPU backbone and image size (docs/results/README.md). Each
+Used to choose the default CPU backbone and image size (docs/results/scratch/README.md). Each
 candidate is the real multi-head model (heads sized like the shared data at depth 4:
 2, 5, 13, 5) trained on random uint8 batches; the figures are images/s of a training step
 and of batched inference, medians over the timed steps, all measured in one run.

@@ -52,7 +52,8 @@ GRID = (
     Variant("lite1-frozen", "efficientnet_lite1"),
     Variant("lite2-frozen", "efficientnet_lite2"),
 )
-QUICK = (GRID[0],)
+VARIANTS = {variant.name: variant for variant in GRID}
+QUICK = ("lite0-frozen",)
 
 
 def _sources() -> tuple[tuple[Path, Path], ...]:
@@ -181,11 +182,11 @@ def summarise(results: list[dict[str, Any]], out: Path, command: str) -> None:
         "(early stopping on a 10% hold-out of the train split); evaluated on both sources' "
         "own validation splits. Mean over seeds ± population standard deviation.",
         "",
-        "| variant | depth | heads | seeds | leaf acc. (micro) | macro acc. | weighted | "
-        "macro-F1 | ECE | "
+        "| variant | depth | heads | seeds | hold-out weighted | leaf acc. (micro) | macro acc. "
+        "| weighted | macro-F1 | ECE | "
         + " | ".join(f"{s} leaf acc." for s in sources)
         + " | images/s | train s |",
-        "|" + " --- |" * (10 + len(sources) + 1),
+        "|" + " --- |" * (12 + len(sources)),
     ]
     for (variant, depth, heads), rows in sorted(groups.items()):
         cells = [
@@ -195,7 +196,14 @@ def summarise(results: list[dict[str, Any]], out: Path, command: str) -> None:
             str(len(rows)),
             *(
                 _mean_spread([r[key] for r in rows])
-                for key in ("leaf_accuracy", "macro_accuracy", "weighted_score", "macro_f1", "ece")
+                for key in (
+                    "holdout_weighted_score",
+                    "leaf_accuracy",
+                    "macro_accuracy",
+                    "weighted_score",
+                    "macro_f1",
+                    "ece",
+                )
             ),
             *(
                 _mean_spread([r["sources"][s]["leaf_accuracy"] for r in rows if s in r["sources"]])
@@ -253,20 +261,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="Lite0 frozen only (under 15 min)")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "results")
     parser.add_argument("--seeds", type=int, default=len(SEEDS))
+    parser.add_argument(
+        "--variants", nargs="+", choices=sorted(VARIANTS), help="only these backbone variants"
+    )
+    parser.add_argument("--heads", nargs="+", choices=HEADS, default=list(HEADS))
+    parser.add_argument("--depths", nargs="+", type=int, choices=DEPTHS, default=list(DEPTHS))
     args = parser.parse_args(argv)
     if not (SHARED / "fashion-products" / "labels.csv").is_file():
         print(f"quality: no shared data at {SHARED} (set SHARED_DATA)", file=sys.stderr)
         return 1
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args.output.mkdir(parents=True, exist_ok=True)
-    variants = QUICK if args.quick else GRID
+    names = args.variants or (QUICK if args.quick else tuple(VARIANTS))
     cells = [
-        (variant, depth, heads, seed)
-        for variant in variants
-        for depth in DEPTHS
-        for heads in HEADS
+        (VARIANTS[name], depth, heads, seed)
+        for name in names
+        for depth in args.depths
+        for heads in args.heads
         for seed in SEEDS[: args.seeds]
     ]
+    command = "python -m bench.quality " + " ".join(argv if argv is not None else sys.argv[1:])
     results_path = args.output / "quality.json"
     results: list[dict[str, Any]] = []
     began = time.monotonic()
@@ -274,14 +288,13 @@ def main(argv: list[str] | None = None) -> int:
         row = run_one(variant, depth, heads, seed, args.output)
         results.append(row)
         results_path.write_text(json.dumps(results, indent=1))
+        summarise(results, args.output, command.strip())
         print(
             f"[{number}/{len(cells)} {time.monotonic() - began:.0f}s] {variant.name} d{depth} "
             f"{heads} seed {seed}: leaf {row['leaf_accuracy']:.4f} weighted "
             f"{row['weighted_score']:.4f} ({row['train_s']:.0f}s)",
             flush=True,
         )
-    command = "python -m bench.quality" + (" --quick" if args.quick else "")
-    summarise(results, args.output, command)
     print(f"quality grid: {len(results)} runs in {time.monotonic() - began:.0f}s -> {args.output}")
     return 0
 

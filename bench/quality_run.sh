@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The documented quality run (`make quality`): the default CPU backbone trained on the shared
+# The from-scratch quality run (`make quality-scratch`): the CPU default backbone trained on the shared
 # train split, multi-head and flat baseline with the same time budget, both evaluated on the
 # shared validation split (never seen in training: early stopping uses 10% of the train
-# split), reports and the comparison grid written to docs/results/.
+# split), reports and the comparison grid written to docs/results/scratch/ (`make quality-scratch`).
 #
-#   bench/quality_run.sh [OUT]     (OUT defaults to docs/results; runs go to .run/quality)
+#   bench/quality_run.sh [OUT]     (OUT defaults to docs/results/scratch; runs go to .run/quality-scratch)
 #
 # Knobs: BUDGET_S (training seconds per model, default 1500), EPOCHS (upper bound, 80).
 set -euo pipefail
@@ -12,8 +12,8 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
 SHARED="${SHARED_DATA:-$REPO/../shared/data}"
-OUT="${1:-$REPO/docs/results}"
-RUNS="$REPO/.run/quality"
+OUT="${1:-$REPO/docs/results/scratch}"
+RUNS="$REPO/.run/quality-scratch"
 BUDGET_S="${BUDGET_S:-1500}"
 EPOCHS="${EPOCHS:-80}"
 # The command to run (e.g. "python -m service.cli" from another checkout).

@@ -351,16 +351,18 @@ def replay_command(
     "model_dir",
     type=EXISTING_DIR,
     default=None,
-    help="Use this model instead of training the demo's small one.",
+    help="Use this model instead of the demo's pretrained one.",
 )
 @click.option(
     "--json",
     "as_json",
     is_flag=True,
-    help='Print {"products", "outputs", "by_status", "products_per_second"}.',
+    help='Print {"products", "outputs", "by_status", "products_per_second", "model", '
+    '"real_photos"}.',
 )
 def demo_command(products: int, model_dir: Path | None, as_json: bool) -> None:
-    """The whole path on GENERATED data: mock broker, in-process cache, local image server."""
+    """The whole path on real photos with a pretrained model: mock broker, in-process cache,
+    local image server."""
     from service.demo import format_table, run_demo
 
     configure_logging("WARNING")
