@@ -49,6 +49,7 @@ class Variant:
 GRID = (
     Variant("lite0-frozen", "efficientnet_lite0"),
     Variant("lite0-tuned", "efficientnet_lite0", fine_tune_blocks=2),
+    Variant("lite0-tuned5", "efficientnet_lite0", fine_tune_blocks=5),
     Variant("lite1-frozen", "efficientnet_lite1"),
     Variant("lite2-frozen", "efficientnet_lite2"),
 )

@@ -400,6 +400,8 @@ def compile_model(
         weights = default_level_weights(depth)
     else:
         weights = _normalise(level_weights, depth, str(level_weights))
+    if kind == "marginal":
+        weights = (*weights, float(depth))  # the leaf loss weighs as much as all the levels
     if isinstance(learning_rate, bool) or (
         isinstance(learning_rate, float | int)
         and not (math.isfinite(learning_rate) and learning_rate > 0.0)

@@ -8,10 +8,11 @@ Three designs, all on the same pooled features, all backend-neutral Keras:
   taxonomy, trained with one loss.
 * ``"marginal"``: one softmax ``leaf`` over the leaves, **marginalised** to every level:
   ``level_k`` is the sum of the leaf probabilities beneath each level-``k`` node
-  (:class:`LevelMarginal`, a fixed 0/1 matrix, no weights). The training loss is the
-  depth-weighted sum of the level losses, as for ``"multi"``; the leaf output carries no
-  loss of its own (its depth-``D`` part is the ``level_D`` loss, and a shallower leaf's is
-  the loss of its own level). Predictions decode from ``leaf``, so a path is always a real
+  (:class:`LevelMarginal`, a fixed 0/1 matrix, no weights). The training loss is the leaf
+  loss (weight ``D``, the depth) plus the depth-weighted level losses of ``"multi"`` (weights
+  ``2k / (D + 1)``, summing to ``D``): half the signal from the leaf, half from the
+  hierarchy, which punishes a wrong leaf less when its ancestors are right. Predictions
+  decode from ``leaf``, so a path is always a real
   path and its level confidences are the marginals (abstention to an ancestor works as for
   the flat head). It keeps the hierarchy in the training signal without the multi-head
   design's independent level softmaxes, which can disagree with each other.
@@ -69,8 +70,16 @@ def decodes_from_leaf(heads: HeadsKind) -> bool:
 
 
 def loss_heads(heads: HeadsKind, depth: int) -> tuple[str, ...]:
-    """Return the outputs that carry a training loss: ``leaf``, or ``level_1..level_depth``."""
-    return (LEAF_HEAD,) if heads == "leaf" else level_names(depth)
+    """Return the outputs that carry a training loss, in the order of their weights.
+
+    ``leaf``: the leaf head; ``multi``: ``level_1..level_depth``; ``marginal``: the level
+    marginals, then the leaf head.
+    """
+    if heads == "leaf":
+        return (LEAF_HEAD,)
+    if heads == "marginal":
+        return (*level_names(depth), LEAF_HEAD)
+    return level_names(depth)
 
 
 @keras.saving.register_keras_serializable(package="enrich")

@@ -13,150 +13,52 @@ backend-neutral Keras. On GPUs: mixed precision, and `MirroredStrategy` over sev
 """
 
 import contextlib
-import csv
 import json
 import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import keras
 import numpy as np
 import structlog
 from numpy.typing import NDArray
 
-from model.build import LEAF_HEAD, HeadsKind, build_model, compile_model, count_params, level_names
+from model.build import HeadsKind, build_model, compile_model, count_params
 from model.classifier import decode_outputs, predict_outputs, save_model
-from model.data import (
-    LabelRow,
-    assign_splits,
-    hold_out_validation,
-    load_dataset,
-    load_images,
-    read_labels,
-    read_sources,
-)
 from model.decode import Decoder
-from model.errors import ModelError
-from model.metrics import read_business_values, weighted_accuracy
+from model.metrics import weighted_accuracy
 from model.plots import plot_training_curves
-from model.taxonomy import Taxonomy, TruncatedTaxonomy
-from model.vocabulary import Vocabulary
+from model.prepare import (
+    DEFAULT_BACKBONE,
+    DEFAULT_BN_MOMENTUM,
+    DEFAULT_IMAGE_SIZE,
+    Prepared,
+    Split,
+    TrainConfig,
+    TrainResult,
+    level_targets,
+    prepare_data,
+)
+from model.taxonomy import TruncatedTaxonomy
+
+__all__ = [
+    "DEFAULT_BACKBONE",
+    "DEFAULT_BN_MOMENTUM",
+    "DEFAULT_IMAGE_SIZE",
+    "Prepared",
+    "TrainConfig",
+    "TrainResult",
+    "level_targets",
+    "prepare_data",
+    "train",
+]
 
 log = structlog.get_logger(__name__)
-
-# Chosen by measuring on this project's 2-core CPU machines: see docs/results/README.md.
-DEFAULT_BACKBONE = "mobilenet_v3_small"
-DEFAULT_IMAGE_SIZE = 128
-# Keras's BatchNormalization momentum (0.99, 0.999 in MobileNetV3) lets the moving statistics
-# lag far behind the weights in short from-scratch runs: validation then sits at the majority
-# class while training accuracy rises. 0.9 follows the weights within a few dozen steps.
-DEFAULT_BN_MOMENTUM = 0.9
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything `enrich train` can be told."""
-
-    labels: Path
-    images_root: Path
-    taxonomy: Path
-    output: Path
-    depth: int = 4
-    backbone: str = DEFAULT_BACKBONE
-    image_size: int | None = DEFAULT_IMAGE_SIZE
-    weights: Path | str | None = None
-    """A local weight file, or "imagenet-lite" / "imagenet" (see model.backbones)."""
-    heads: HeadsKind = "multi"
-    vocabulary: Literal["labels", "full"] = "labels"
-    level_weights: tuple[float, ...] | None = None
-    epochs: int = 30
-    batch_size: int = 32
-    learning_rate: float = 2e-3
-    schedule: Literal["cosine", "constant"] = "cosine"
-    warmup_epochs: int = 1
-    augment: bool = True
-    class_weighting: Literal["none", "balanced"] = "none"
-    bn_momentum: float | None = DEFAULT_BN_MOMENTUM
-    dropout: float = 0.2
-    patience: int = 6
-    time_budget_s: float | None = None
-    business_values: Path | None = None
-    resume: bool = False
-    holdout: float | None = None
-    """Take validation from the train split (this fraction), keep the file's for evaluation."""
-    seed: int = 0
-    name: str = "catalog-classifier"
-    cache_dir: Path | None = None
-    verbose: int = 1
-    extra: Mapping[str, Any] = field(default_factory=dict)
-    dataset: Path | None = None
-    """A folder built by `enrich build-dataset`; when set, `labels` and `images_root` are
-    ignored and the shards' images, labels and split are used."""
-    sources: tuple[tuple[Path, Path], ...] = ()
-    """Several (labels file, images folder) pairs trained on together; when set, `labels`
-    and `images_root` are ignored (see `model.data.read_sources`)."""
-    business_values_files: tuple[Path, ...] = ()
-    """Several business-value files (one per source); merged with `business_values`."""
-    fine_tune_blocks: int = 0
-    """Transfer learning: backbone blocks, counted from the top, trained after the heads."""
-    fine_tune_epochs: int = 3
-    fine_tune_learning_rate: float = 1e-4
-    feature_views: int = 2
-    """Transfer learning: cached views of each training image (1: as is; 2: and mirrored)."""
-
-
-@dataclass
-class TrainResult:
-    """What a training run produced."""
-
-    model_dir: Path
-    history: dict[str, list[float]]
-    best_epoch: int
-    best_score: float
-    epochs_run: int
-    elapsed_s: float
-    stopped_because: str
-
-
-@dataclass
-class _Split:
-    rows: list[LabelRow]
-    images: NDArray[Any]
-    """Decoded uint8 images, or (transfer learning) their cached backbone features."""
-    true_ids: NDArray[np.int64]
-
-
-@dataclass
-class Prepared:
-    """A run's data, split and decoded: what end-to-end and transfer training start from."""
-
-    rows: list[LabelRow]
-    truncated: TruncatedTaxonomy
-    vocabulary: Vocabulary
-    train: _Split
-    validation: _Split
-    values: dict[int, float]
-    size: int
-    cache_dir: Path
-
-
-def level_targets(
-    vocabulary: Vocabulary, heads: HeadsKind, true_ids: NDArray[np.int64]
-) -> dict[str, NDArray[np.int32]]:
-    if heads == "leaf":
-        return {LEAF_HEAD: vocabulary.leaf_indices(true_ids).astype(np.int32)}
-    # "multi" and "marginal" are trained on the level labels (-1 below a sample's leaf);
-    # "marginal" also reports its leaf output's accuracy (that output carries no loss).
-    encoded = vocabulary.encode_many(true_ids).astype(np.int32)
-    targets = {name: encoded[:, k] for k, name in enumerate(level_names(vocabulary.depth))}
-    if heads == "marginal":
-        targets[LEAF_HEAD] = vocabulary.leaf_indices(true_ids).astype(np.int32)
-    return targets
 
 
 def _augment(image: Any, seed: Any) -> Any:
@@ -209,7 +111,7 @@ class _ValidationScore(keras.callbacks.Callback):  # type: ignore[misc]
 
     def __init__(
         self,
-        split: _Split,
+        split: Split,
         decoder: Decoder,
         heads: HeadsKind,
         truncated: TruncatedTaxonomy,
@@ -335,43 +237,6 @@ def _class_weights(true_ids: NDArray[np.int64]) -> NDArray[np.float32]:
     return np.array([n / (k * counts[int(i)]) for i in true_ids], dtype=np.float32)
 
 
-def _load_split(
-    rows: Sequence[LabelRow],
-    name: str,
-    config: TrainConfig,
-    size: int,
-    truncated: TruncatedTaxonomy,
-    preloaded: NDArray[np.uint8] | None = None,
-) -> _Split:
-    chosen = [r for r in rows if r.split == name]
-    if preloaded is not None:
-        # Rows of a built dataset: `line` is the row's index into the preloaded images.
-        indices = np.array([r.line for r in chosen], dtype=np.int64)
-        true_ids = np.array([truncated.truncate_id(r.category_id) for r in chosen], dtype=np.int64)
-        return _Split(list(chosen), preloaded[indices], true_ids)
-    images, failed = load_images(
-        chosen, config.images_root, size, cache_dir=config.cache_dir, progress=config.verbose > 0
-    )
-    if failed:
-        log.warning(
-            "images_unreadable",
-            split=name,
-            count=len(failed),
-            first=[chosen[i].image for i in failed[:5]],
-        )
-    kept = [r for i, r in enumerate(chosen) if i not in set(failed)]
-    true_ids = np.array([truncated.truncate_id(r.category_id) for r in kept], dtype=np.int64)
-    return _Split(kept, images, true_ids)
-
-
-def _write_split(path: Path, rows: Sequence[LabelRow]) -> None:
-    with path.open("w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(["image_path", "google_category_id", "product_id", "split"])
-        for row in rows:
-            writer.writerow([row.image, row.category_id, row.product_id, row.split])
-
-
 def _schedule(
     config: TrainConfig, steps_per_epoch: int
 ) -> float | keras.optimizers.schedules.LearningRateSchedule:
@@ -386,65 +251,6 @@ def _schedule(
         warmup_target=config.learning_rate if warmup else None,
         warmup_steps=warmup,
     )
-
-
-def _read_rows(config: TrainConfig, size: int) -> tuple[list[LabelRow], NDArray[np.uint8] | None]:
-    """The labelled rows (and, for a built dataset, its decoded images)."""
-    if config.dataset is not None:
-        images, rows = load_dataset(config.dataset, size, progress=config.verbose > 0)
-        return rows, images
-    if config.sources:
-        return read_sources(config.sources), None
-    return read_labels(config.labels), None
-
-
-def prepare_data(config: TrainConfig) -> Prepared:
-    """Read, split and decode the run's data; write `split.csv`; choose the vocabulary.
-
-    Raises ModelError when the train or validation split is empty.
-    """
-    taxonomy = Taxonomy.load(config.taxonomy)
-    truncated = taxonomy.truncate(config.depth)
-    from model.backbones import native_size
-
-    size = config.image_size or native_size(config.backbone)
-    rows, preloaded = _read_rows(config, size)
-    rows = (
-        hold_out_validation(rows, truncated, config.holdout)
-        if config.holdout
-        else assign_splits(rows, truncated)
-    )
-    config.output.mkdir(parents=True, exist_ok=True)
-    _write_split(config.output / "split.csv", rows)
-    train_rows = [r for r in rows if r.split == "train"]
-    if not train_rows or not any(r.split == "validation" for r in rows):
-        raise ModelError(
-            f"{config.dataset or config.labels}: training needs rows in both the train and "
-            "validation splits"
-        )
-    vocabulary = (
-        Vocabulary.full(truncated)
-        if config.vocabulary == "full"
-        else Vocabulary.from_labels(truncated, (r.category_id for r in train_rows))
-    )
-    cache_dir = config.cache_dir or config.output / "cache"
-    config = replace(config, cache_dir=cache_dir)
-    if config.sources:
-        config = replace(config, images_root=Path("/"))
-    train_split = _load_split(rows, "train", config, size, truncated, preloaded)
-    validation = _load_split(rows, "validation", config, size, truncated, preloaded)
-    # Validation categories the training vocabulary lacks cannot be predicted: say so, and keep
-    # them (they count as errors, as they would in production).
-    unknown = sorted({int(i) for i in validation.true_ids if int(i) not in vocabulary})
-    if unknown:
-        log.warning("validation_categories_not_in_training", categories=unknown[:20])
-    values: dict[int, float] = {}
-    value_files = [config.business_values] if config.business_values else []
-    for path in (*value_files, *config.business_values_files):
-        values.update(read_business_values(path))
-    if not values:
-        values = {int(i): 1.0 for i in set(train_split.true_ids) | set(validation.true_ids)}
-    return Prepared(rows, truncated, vocabulary, train_split, validation, values, size, cache_dir)
 
 
 def train(

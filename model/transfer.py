@@ -54,7 +54,7 @@ from model.feature_cache import FeatureCache
 from model.heads import attach_heads
 from model.metrics import weighted_accuracy
 from model.plots import plot_training_curves
-from model.train import Prepared, TrainConfig, TrainResult, level_targets, prepare_data
+from model.prepare import Prepared, TrainConfig, TrainResult, level_targets, prepare_data
 
 __all__ = ["cut_layer_name", "extract", "train_transfer"]
 

@@ -99,12 +99,13 @@ def test_marginal_head_needs_the_leaf_paths(vocabulary: Vocabulary) -> None:
     [
         ("multi", False, ("level_1", "level_2", "level_3")),
         ("leaf", True, ("leaf",)),
-        ("marginal", True, ("level_1", "level_2", "level_3")),
+        ("marginal", True, ("level_1", "level_2", "level_3", "leaf")),
     ],
 )
 def test_each_design_decodes_and_trains_on_its_own_outputs(
     heads: str, from_leaf: bool, losses: tuple[str, ...]
 ) -> None:
     """Flat and marginal decode from the leaf softmax; multi and marginal train the levels."""
+    # The marginal design also trains its leaf output (half of its loss).
     assert decodes_from_leaf(heads) is from_leaf  # type: ignore[arg-type]
     assert loss_heads(heads, 3) == losses  # type: ignore[arg-type]

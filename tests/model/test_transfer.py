@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from model.backbones import IMAGENET_LITE, build_backbone
 from model.bundle import HEADS_FILE, materialise
@@ -17,6 +19,7 @@ from model.errors import ModelError
 from model.feature_cache import FeatureCache
 from model.train import TrainConfig
 from model.transfer import cut_layer_name, train_transfer
+from service.cli import cli
 from tests.support.labels import write_small_labels
 
 # Four depth-4 leaves under two roots: shirts & tops, skirts, fruits (apples), vegetables
@@ -174,3 +177,43 @@ def test_transfer_trains_exports_and_reuses_its_features(
     assert rerun["computed_features"] == 0, "every image's features came from the cache"
     counts = metadata["training"]["images"]
     assert rerun["cached_features"] == 2 * counts["train"] + counts["validation"]
+
+
+@pytest.mark.slow
+def test_train_command_learns_from_two_sources_at_once(
+    shared_data: Path, taxonomy_file: Path, tmp_path: Path
+) -> None:
+    """`enrich train` with two --labels/--images pairs trains one vocabulary over both."""
+    pairs = []
+    for source, categories in (
+        ("product-images", ("212", "6566")),
+        ("fashion-products", ("187", "204")),
+    ):
+        folder = tmp_path / source
+        folder.mkdir()
+        labels = write_small_labels(
+            shared_data, folder / "labels.csv", PER_CLASS, categories, source=source
+        )
+        pairs += ["--labels", str(labels), "--images", str(shared_data / source)]
+    run = tmp_path / "run"
+    result = CliRunner().invoke(
+        cli,
+        ["train", *pairs, "--taxonomy", str(taxonomy_file), "--output", str(run),
+         "--backbone", "efficientnet_lite0", "--image-size", "96", "--weights", "imagenet-lite",
+         "--heads", "marginal", "--epochs", "5", "--verbose", "0",
+         "--business-values", str(shared_data / "product-images" / "business-value.csv"),
+         "--business-values", str(shared_data / "fashion-products" / "business-value.csv")],
+        catch_exceptions=False,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metadata = json.loads((run / "model" / "metadata.json").read_text())
+    assert [Path(p).parent.name for p in metadata["training"]["labels"]] == [
+        "product-images",
+        "fashion-products",
+    ]
+    ids = {node["id"] for level in metadata["vocabulary"]["levels"] for node in level}
+    assert {212, 5795, 187, 204} <= ids, "leaves of both sources are in the one vocabulary"
+    with (run / "split.csv").open() as stream:
+        paths = [row["image_path"] for row in csv.DictReader(stream)]
+    assert any("/product-images/" in p for p in paths)
+    assert any("/fashion-products/" in p for p in paths)

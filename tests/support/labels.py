@@ -15,10 +15,12 @@ def write_small_labels(
     path: Path,
     per_split: Mapping[str, int],
     categories: Collection[str] | None = None,
+    source: str = "product-images",
 ) -> Path:
-    """Write the first `per_split[split]` shared photos of each category (all, or `categories`)."""
+    """Write the first `per_split[split]` photos of each category (all, or `categories`) of
+    shared source `source` (its images are relative to `shared_data / source`)."""
     chosen: dict[tuple[str, str], list[dict[str, str]]] = defaultdict(list)
-    with (shared_data / "product-images" / "labels.csv").open() as stream:
+    with (shared_data / source / "labels.csv").open() as stream:
         for row in csv.DictReader(stream):
             split = "validation" if row["split"] in ("val", "validation") else row["split"]
             key = (split, row["google_category_id"])
