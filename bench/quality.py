@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         "--variants", nargs="+", choices=sorted(VARIANTS), help="only these backbone variants"
     )
     parser.add_argument("--heads", nargs="+", choices=HEADS, default=list(HEADS))
+    parser.add_argument("--fresh", action="store_true", help="forget earlier cells")
     parser.add_argument("--depths", nargs="+", type=int, choices=DEPTHS, default=list(DEPTHS))
     args = parser.parse_args(argv)
     if not (SHARED / "fashion-products" / "labels.csv").is_file():
@@ -282,14 +283,25 @@ def main(argv: list[str] | None = None) -> int:
         for seed in SEEDS[: args.seeds]
     ]
     command = "python -m bench.quality " + " ".join(argv if argv is not None else sys.argv[1:])
+    commands_path = args.output / "quality.commands"
+    commands = commands_path.read_text().splitlines() if commands_path.exists() else []
+    if args.fresh:
+        commands = []
+    commands_path.write_text("\n".join(dict.fromkeys([*commands, command.strip()])) + "\n")
     results_path = args.output / "quality.json"
-    results: list[dict[str, Any]] = []
+    # Earlier cells stay (a rerun of the same cell replaces it), so the grid can be run in
+    # parts, e.g. one variant at a time, and resumed.
+    results: list[dict[str, Any]] = (
+        json.loads(results_path.read_text()) if results_path.exists() and not args.fresh else []
+    )
     began = time.monotonic()
     for number, (variant, depth, heads, seed) in enumerate(cells, start=1):
         row = run_one(variant, depth, heads, seed, args.output)
+        key = (variant.name, depth, heads, seed)
+        results = [r for r in results if (r["variant"], r["depth"], r["heads"], r["seed"]) != key]
         results.append(row)
         results_path.write_text(json.dumps(results, indent=1))
-        summarise(results, args.output, command.strip())
+        summarise(results, args.output, "\n    ".join(dict.fromkeys([*commands, command.strip()])))
         print(
             f"[{number}/{len(cells)} {time.monotonic() - began:.0f}s] {variant.name} d{depth} "
             f"{heads} seed {seed}: leaf {row['leaf_accuracy']:.4f} weighted "
