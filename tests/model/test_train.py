@@ -38,7 +38,7 @@ def _is_picture(path: Path) -> bool:
         return image.size[0] > 200 and image.size[1] > 150 and extrema[0] != extrema[1]
 
 
-@pytest.mark.parametrize("heads", ["multi", "leaf"])
+@pytest.mark.parametrize("heads", ["multi", "leaf", "marginal"])
 def test_train_evaluate_compare_write_every_file(
     heads: str, small_labels: Path, shared_data: Path, taxonomy_file: Path, tmp_path: Path
 ) -> None:

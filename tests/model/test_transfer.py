@@ -217,3 +217,32 @@ def test_train_command_learns_from_two_sources_at_once(
         paths = [row["image_path"] for row in csv.DictReader(stream)]
     assert any("/product-images/" in p for p in paths)
     assert any("/fashion-products/" in p for p in paths)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--fine-tune-blocks", "2"], "need pretrained --weights"),
+        (["--end-to-end"], "need pretrained --weights"),
+        (["--weights", "no-such-file.h5"], "does not exist"),
+        (["--labels", "{labels}"], "in pairs"),
+    ],
+)
+def test_train_command_refuses_inconsistent_transfer_flags(
+    extra: list[str],
+    message: str,
+    small_labels: Path,
+    shared_data: Path,
+    taxonomy_file: Path,
+    tmp_path: Path,
+) -> None:
+    """Flags that cannot work together are a usage error before anything is read or built."""
+    args = [
+        "train", "--labels", str(small_labels), "--images", str(shared_data / "product-images"),
+        "--taxonomy", str(taxonomy_file), "--output", str(tmp_path / "run"),
+        *(part.format(labels=small_labels) for part in extra),
+    ]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (tmp_path / "run").exists()
