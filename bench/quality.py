@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+COMMIT = "unknown"  # set by main() when the run starts
 SHARED = Path(os.environ.get("SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
 RUNS = REPO / ".run" / "quality"
 HEADS = ("leaf", "multi", "marginal")
@@ -125,6 +126,7 @@ def run_one(variant: Variant, depth: int, heads: str, seed: int, out: Path) -> d
     )
     metadata = json.loads((result.model_dir / "metadata.json").read_text())
     return {
+        "commit": COMMIT,
         "variant": variant.name,
         "backbone": variant.backbone,
         "fine_tune_blocks": variant.fine_tune_blocks,
@@ -171,11 +173,12 @@ def summarise(results: list[dict[str, Any]], out: Path, command: str) -> None:
     for row in results:
         groups.setdefault((row["variant"], row["depth"], row["heads"]), []).append(row)
     sources = sorted({s for row in results for s in row["sources"]})
+    commits = sorted({str(row.get("commit", "unknown")) for row in results})
     lines = [
         "# Quality grid: pretrained backbones x head designs x seeds",
         "",
         f"Run on {time.strftime('%Y-%m-%d')} on {platform.machine()} with {os.cpu_count()} CPU "
-        f"cores, from commit `{_commit()}`:",
+        f"cores, from commit(s) {', '.join(f'`{c}`' for c in commits)}:",
         "",
         f"    {command}",
         "",
@@ -273,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"quality: no shared data at {SHARED} (set SHARED_DATA)", file=sys.stderr)
         return 1
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    global COMMIT
+    COMMIT = _commit()
     args.output.mkdir(parents=True, exist_ok=True)
     names = args.variants or (QUICK if args.quick else tuple(VARIANTS))
     cells = [

@@ -5,11 +5,14 @@ A model directory holds:
 - `model.keras`: the Keras model (uint8 RGB in, one softmax per head out);
 - `metadata.json`: name, version (content hash of the weights), backbone, input size, heads,
   taxonomy version and depth, the vocabularies with ids, names and paths, level weights,
-  a training data summary and metrics;
+  a training data summary and metrics; a text model (`model.text_classifier`) adds
+  `"modality": "text"` and its featuriser's settings (no `modality` means images);
 - `checksums.sha256`: the SHA-256 of both files, checked on load.
 
 `Classifier.load(dir)` verifies all of it (and, when given, that a taxonomy agrees with the
-one the model was trained on) and fails with `ModelError` saying what does not match.
+one the model was trained on) and fails with `ModelError` saying what does not match; it
+refuses a text model, which `model.text_classifier.TextClassifier` loads (both go through
+`read_model_directory`).
 """
 
 import hashlib
@@ -37,6 +40,8 @@ MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
 CHECKSUMS_FILE = "checksums.sha256"
 FORMAT_VERSION = 1
+IMAGE_MODALITY = "image"
+TEXT_MODALITY = "text"
 
 ImageInput = NDArray[np.uint8] | bytes | Path
 
@@ -87,8 +92,13 @@ def save_model(
     level_weights: Sequence[float] | None,
     training: Mapping[str, Any],
     metrics: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the model directory; returns the metadata written."""
+    """Write the model directory; returns the metadata written.
+
+    ``extra`` adds top-level metadata fields (a text model's ``modality`` and featuriser
+    settings); it may not replace a field written here.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     model_path = directory / MODEL_FILE
     model.save(model_path)
@@ -110,6 +120,10 @@ def save_model(
         "metrics": dict(metrics),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    clashes = sorted(set(extra or {}) & set(metadata))
+    if clashes:
+        raise ModelError(f"extra metadata may not replace {', '.join(clashes)}")
+    metadata.update(extra or {})
     metadata_path = directory / METADATA_FILE
     metadata_path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     (directory / CHECKSUMS_FILE).write_text(
@@ -169,6 +183,65 @@ def _check_against(metadata: Mapping[str, Any], taxonomy: Taxonomy, directory: P
                 f"model {directory}: category {node_id} is {' > '.join(node['path'])!r} in the "
                 f"model but {' > '.join(path)!r} in the taxonomy given"
             )
+
+
+def model_modality(directory: Path) -> str:
+    """What a model directory's model reads: ``"image"`` or ``"text"`` (from metadata.json).
+
+    Reads the metadata only (no checksums, no weights); raises ModelError when it cannot.
+    """
+    try:
+        metadata = json.loads((Path(directory) / METADATA_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read {Path(directory) / METADATA_FILE}: {exc}") from exc
+    if not isinstance(metadata, dict):
+        raise ModelError(f"{Path(directory) / METADATA_FILE} is not a JSON object")
+    return str(metadata.get("modality", IMAGE_MODALITY))
+
+
+def read_model_directory(
+    directory: Path, *, taxonomy: Taxonomy | Path | None, modality: str
+) -> tuple[Any, dict[str, Any], TruncatedTaxonomy]:
+    """Verify and load a model directory: the Keras model, its metadata, its taxonomy.
+
+    Checks the checksums, the format, the ``modality`` (a directory without one is an
+    image model), the taxonomy when one is given, and the weights' version. Raises
+    ModelError saying what does not match.
+    """
+    import keras
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ModelError(f"model directory {directory} does not exist")
+    _verify_checksums(directory)
+    try:
+        metadata = json.loads((directory / METADATA_FILE).read_text())
+    except ValueError as exc:
+        raise ModelError(f"{directory / METADATA_FILE} is not JSON: {exc}") from exc
+    if metadata.get("format") != FORMAT_VERSION:
+        raise ModelError(
+            f"{directory} has model format {metadata.get('format')!r}; "
+            f"this code reads format {FORMAT_VERSION}"
+        )
+    found = metadata.get("modality", IMAGE_MODALITY)
+    if found != modality:
+        loader = "TextClassifier" if found == TEXT_MODALITY else "Classifier"
+        raise ModelError(
+            f"{directory} holds a model of {found}s, not of {modality}s; load it with {loader}"
+        )
+    if taxonomy is not None:
+        full = taxonomy if isinstance(taxonomy, Taxonomy) else Taxonomy.load(taxonomy)
+        _check_against(metadata, full, directory)
+    else:
+        full = taxonomy_from_metadata(metadata, str(directory / METADATA_FILE))
+    truncated = full.truncate(int(metadata["taxonomy"]["depth"]))
+    try:
+        keras_model = keras.saving.load_model(directory / MODEL_FILE, compile=False)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load {directory / MODEL_FILE}: {exc}") from exc
+    if weights_version(keras_model) != metadata["version"]:
+        raise ModelError(f"{directory}: the weights do not match the version in metadata.json")
+    return keras_model, metadata, truncated
 
 
 @dataclass(frozen=True)
@@ -267,33 +340,9 @@ class Classifier:
         top_k: int = 5,
     ) -> "Classifier":
         """Load and verify a model directory; `taxonomy`, when given, must agree with it."""
-        import keras
-
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise ModelError(f"model directory {directory} does not exist")
-        _verify_checksums(directory)
-        try:
-            metadata = json.loads((directory / METADATA_FILE).read_text())
-        except ValueError as exc:
-            raise ModelError(f"{directory / METADATA_FILE} is not JSON: {exc}") from exc
-        if metadata.get("format") != FORMAT_VERSION:
-            raise ModelError(
-                f"{directory} has model format {metadata.get('format')!r}; "
-                f"this code reads format {FORMAT_VERSION}"
-            )
-        if taxonomy is not None:
-            full = taxonomy if isinstance(taxonomy, Taxonomy) else Taxonomy.load(taxonomy)
-            _check_against(metadata, full, directory)
-        else:
-            full = taxonomy_from_metadata(metadata, str(directory / METADATA_FILE))
-        truncated = full.truncate(int(metadata["taxonomy"]["depth"]))
-        try:
-            keras_model = keras.saving.load_model(directory / MODEL_FILE, compile=False)
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot load {directory / MODEL_FILE}: {exc}") from exc
-        if weights_version(keras_model) != metadata["version"]:
-            raise ModelError(f"{directory}: the weights do not match the version in metadata.json")
+        keras_model, metadata, truncated = read_model_directory(
+            directory, taxonomy=taxonomy, modality=IMAGE_MODALITY
+        )
         return cls(keras_model, metadata, truncated, threshold=threshold, top_k=top_k)
 
     def prepare(self, image: ImageInput) -> NDArray[np.uint8]:

@@ -1,7 +1,9 @@
 """Training data: labels files, the deterministic 70/15/15 split, and decoded image arrays.
 
 A labels file is CSV or JSONL with one row per image: the image (a path relative to the
-images root, or a URL), `google_category_id`, and optionally `split` and `product_id`.
+images root, or a URL), `google_category_id`, and optionally `split`, `product_id` and the
+product's text (`title`, `description`, `partner_category`, read for the text classifier;
+with `require_image=False` the image column may be absent).
 Several labelled sources (each a labels file with its images root) are read together by
 `read_sources`, which names each row's source and makes its image path absolute.
 Images are decoded once with `model.preprocess.decode_image` (the service's own code) in a
@@ -71,10 +73,20 @@ class LabelRow:
     line: int = 0
     source: str = ""
     """The labelled source the row came from (see `read_sources`); empty from `read_labels`."""
+    title: str = ""
+    """The product's title (the `title` column), empty when the file has none."""
+    description: str = ""
+    """The product's description (the `description` column), empty when the file has none."""
+    partner_category: str = ""
+    """The partner's own category label (`partner_category`), empty when the file has none."""
 
 
-def read_labels(path: Path) -> list[LabelRow]:
-    """Read a CSV or JSONL labels file; any bad row raises `ModelError` naming file and line."""
+def read_labels(path: Path, *, require_image: bool = True) -> list[LabelRow]:
+    """Read a CSV or JSONL labels file; any bad row raises `ModelError` naming file and line.
+
+    With ``require_image=False`` (text training) a row without an image column is read with
+    an empty ``image``; its product id is then the ``product_id`` column or ``"line-<n>"``.
+    """
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
@@ -96,12 +108,18 @@ def read_labels(path: Path) -> list[LabelRow]:
         records = [(number, dict(row)) for number, row in enumerate(reader, start=2)]
     if not records:
         raise ModelError(f"labels file {path} has no rows")
-    return [_row(path, number, record) for number, record in records]
+    return [_row(path, number, record, require_image) for number, record in records]
 
 
-def _row(path: Path, number: int, record: dict[str, object]) -> LabelRow:
+def _text(record: dict[str, object], column: str) -> str:
+    """A text column's value as a string, empty when absent or null."""
+    value = record.get(column)
+    return "" if value is None else str(value)
+
+
+def _row(path: Path, number: int, record: dict[str, object], require_image: bool) -> LabelRow:
     image = next((str(record[c]) for c in _IMAGE_COLUMNS if record.get(c)), None)
-    if image is None:
+    if image is None and require_image:
         raise ModelError(f"{path}:{number}: no image column (one of {', '.join(_IMAGE_COLUMNS)})")
     raw_id = record.get("google_category_id")
     try:
@@ -116,8 +134,17 @@ def _row(path: Path, number: int, record: dict[str, object]) -> LabelRow:
             raise ModelError(
                 f"{path}:{number}: split {split!r} is not one of {', '.join(SPLITS)} (or val)"
             )
-    product_id = str(record.get("product_id") or image)
-    return LabelRow(image, category_id, product_id, split_name, number)
+    product_id = str(record.get("product_id") or image or f"line-{number}")
+    return LabelRow(
+        image or "",
+        category_id,
+        product_id,
+        split_name,
+        number,
+        title=_text(record, "title"),
+        description=_text(record, "description"),
+        partner_category=_text(record, "partner_category"),
+    )
 
 
 def _source_names(labels_files: Sequence[Path]) -> list[str]:
@@ -133,7 +160,9 @@ def _source_names(labels_files: Sequence[Path]) -> list[str]:
     return names
 
 
-def read_sources(sources: Sequence[tuple[Path, Path]]) -> list[LabelRow]:
+def read_sources(
+    sources: Sequence[tuple[Path, Path]], *, require_image: bool = True
+) -> list[LabelRow]:
     """Read several labelled sources, ``(labels file, images root)`` pairs, into one list.
 
     Each file is read with `read_labels`; its rows keep their order, sources follow each other
@@ -143,7 +172,7 @@ def read_sources(sources: Sequence[tuple[Path, Path]]) -> list[LabelRow]:
       a name already taken gets ``-2``, ``-3``... in order;
     - ``image``: the absolute resolved path ``root / image``, so that
       ``load_images(rows, Path("/"), size)`` (any root works) reads rows of every source; a
-      URL stays as it is;
+      URL (or, with ``require_image=False``, an empty image) stays as it is;
     - ``product_id``: as read, unless the same id occurs in more than one source: then every
       row of that id is prefixed ``"<source>:"`` in every source, so two sources' products
       never merge into one (splits go by product). Ids unique to a source are not prefixed,
@@ -157,13 +186,15 @@ def read_sources(sources: Sequence[tuple[Path, Path]]) -> list[LabelRow]:
     per_source: list[list[LabelRow]] = []
     owners: dict[str, set[str]] = defaultdict(set)
     for (labels, root), name in zip(sources, names, strict=True):
-        rows = read_labels(labels)
+        rows = read_labels(labels, require_image=require_image)
         base = Path(root).resolve()
         rows = [
             replace(
                 row,
                 source=name,
-                image=row.image if "://" in row.image else str((base / row.image).resolve()),
+                image=row.image
+                if "://" in row.image or not row.image
+                else str((base / row.image).resolve()),
             )
             for row in rows
         ]

@@ -191,6 +191,39 @@ def _read_rows(config: TrainConfig, size: int) -> tuple[list[LabelRow], NDArray[
     return read_labels(config.labels), None
 
 
+def split_labels(
+    rows: Sequence[LabelRow],
+    truncated: TruncatedTaxonomy,
+    *,
+    holdout: float | None,
+    vocabulary: Literal["labels", "full"],
+    output: Path,
+    what: object,
+) -> tuple[list[LabelRow], Vocabulary]:
+    """Split labelled rows, write ``output/split.csv`` and choose the vocabulary.
+
+    The split is the file's (70/15/15 where it gives none), or with ``holdout`` a hold-out
+    of the train split (see `model.data.hold_out_validation`). The vocabulary is the train
+    rows' categories, or the whole truncated taxonomy. Raises ModelError naming ``what``
+    when the train or validation split is empty. Decodes nothing: image and text training
+    share it.
+    """
+    rows = (
+        hold_out_validation(rows, truncated, holdout) if holdout else assign_splits(rows, truncated)
+    )
+    output.mkdir(parents=True, exist_ok=True)
+    _write_split(output / "split.csv", rows)
+    train_rows = [r for r in rows if r.split == "train"]
+    if not train_rows or not any(r.split == "validation" for r in rows):
+        raise ModelError(f"{what}: training needs rows in both the train and validation splits")
+    chosen = (
+        Vocabulary.full(truncated)
+        if vocabulary == "full"
+        else Vocabulary.from_labels(truncated, (r.category_id for r in train_rows))
+    )
+    return rows, chosen
+
+
 def prepare_data(config: TrainConfig) -> Prepared:
     """Read, split and decode the run's data; write `split.csv`; choose the vocabulary.
 
@@ -202,23 +235,13 @@ def prepare_data(config: TrainConfig) -> Prepared:
 
     size = config.image_size or native_size(config.backbone)
     rows, preloaded = _read_rows(config, size)
-    rows = (
-        hold_out_validation(rows, truncated, config.holdout)
-        if config.holdout
-        else assign_splits(rows, truncated)
-    )
-    config.output.mkdir(parents=True, exist_ok=True)
-    _write_split(config.output / "split.csv", rows)
-    train_rows = [r for r in rows if r.split == "train"]
-    if not train_rows or not any(r.split == "validation" for r in rows):
-        raise ModelError(
-            f"{config.dataset or config.labels}: training needs rows in both the train and "
-            "validation splits"
-        )
-    vocabulary = (
-        Vocabulary.full(truncated)
-        if config.vocabulary == "full"
-        else Vocabulary.from_labels(truncated, (r.category_id for r in train_rows))
+    rows, vocabulary = split_labels(
+        rows,
+        truncated,
+        holdout=config.holdout,
+        vocabulary=config.vocabulary,
+        output=config.output,
+        what=config.dataset or config.labels,
     )
     cache_dir = config.cache_dir or config.output / "cache"
     config = replace(config, cache_dir=cache_dir)

@@ -1,8 +1,10 @@
-"""The model subcommands of `enrich`: train, evaluate, compare (registered in `service.cli`)."""
+"""The model subcommands of `enrich`: train (images, or `--text`), evaluate, compare (registered
+in `service.cli`)."""
 
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from service.cli_options import (
     EXISTING_DIR,
@@ -14,6 +16,42 @@ from service.cli_options import (
 )
 from service.logging import configure_logging
 
+# Options of `enrich train` that only image training reads; `--text` refuses them when given.
+_IMAGE_ONLY = (
+    "images_root",
+    "dataset",
+    "backbone",
+    "image_size",
+    "weights",
+    "end_to_end",
+    "fine_tune_blocks",
+    "fine_tune_epochs",
+    "fine_tune_learning_rate",
+    "feature_views",
+    "cache_dir",
+    "schedule",
+    "warmup_epochs",
+    "augment",
+    "class_weighting",
+    "bn_momentum",
+    "time_budget_s",
+    "resume",
+)
+
+
+def _given(name: str) -> bool:
+    """Whether the current command's parameter ``name`` was given (not left at its default)."""
+    source = click.get_current_context().get_parameter_source(name)
+    return source not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+
+
+def _option_flag(name: str) -> str:
+    """The command-line spelling of the current command's parameter ``name``."""
+    for param in click.get_current_context().command.params:
+        if param.name == name and param.opts:
+            return str(param.opts[0])
+    return name
+
 
 @click.command("train")
 @click.option(
@@ -21,6 +59,12 @@ from service.logging import configure_logging
     multiple=True,
     type=EXISTING_FILE,
     help="CSV or JSONL labels file; several (each with its --images) train on all at once.",
+)
+@click.option(
+    "--text",
+    is_flag=True,
+    help="Train the text classifier on the labels' title (and description, "
+    "partner_category) columns instead of images: no --images needed (model.text_train).",
 )
 @click.option(
     "--images",
@@ -159,6 +203,7 @@ from service.logging import configure_logging
 @click.option("--resume", is_flag=True, help="Go on from the run directory's last checkpoint.")
 def train_command(
     labels: tuple[Path, ...],
+    text: bool,
     images_root: tuple[Path, ...],
     dataset: Path | None,
     taxonomy_file: Path,
@@ -197,11 +242,48 @@ def train_command(
 
     With pretrained --weights the backbone is frozen and its features cached (transfer
     learning, `model.transfer`); otherwise the whole network is trained (`model.train`).
+    With --text the text classifier is trained on the labels' titles (`model.text_train`);
+    the image-only options are refused then.
     """
     from model.build import parse_level_weights
     from model.train import DEFAULT_BACKBONE, DEFAULT_BN_MOMENTUM, DEFAULT_IMAGE_SIZE, TrainConfig
     from model.train import train as run_training
 
+    if text:
+        given = [_option_flag(name) for name in _IMAGE_ONLY if _given(name)]
+        if given:
+            raise click.UsageError(f"{', '.join(given)}: not used by --text training")
+        if not labels:
+            raise click.UsageError("--text needs --labels, a labels file with a title column")
+        from model.text_train import TextTrainConfig, train_text
+
+        configure_logging()
+        result = train_text(
+            TextTrainConfig(
+                labels=labels,
+                taxonomy=taxonomy_file,
+                output=output,
+                depth=depth,
+                heads=heads,  # type: ignore[arg-type]
+                vocabulary=vocabulary,  # type: ignore[arg-type]
+                level_weights=parse_level_weights(level_weights, depth) if level_weights else None,
+                epochs=epochs,
+                batch_size=batch_size,
+                learning_rate=learning_rate,
+                patience=patience,
+                holdout=holdout,
+                business_values=business_values,
+                seed=seed,
+                name=name if _given("name") else "catalog-text-classifier",
+                verbose=verbose,
+            )
+        )
+        click.echo(
+            f"trained the text classifier {result.epochs_run} epochs in {result.elapsed_s:.0f}s "
+            f"({result.stopped_because}); best epoch {result.best_epoch + 1}, validation "
+            f"weighted score {result.best_score:.4f}; model: {result.model_dir}"
+        )
+        return
     sources = tuple(zip(labels, images_root, strict=False))
     if dataset is not None:
         if labels or images_root:
@@ -282,18 +364,18 @@ def train_command(
 @click.option(
     "--images",
     "images_root",
-    required=True,
     multiple=True,
     type=EXISTING_DIR,
-    help="Images root of the --labels file in the same position.",
+    help="Images root of the --labels file in the same position (image models: required; "
+    "a text model reads the labels' titles instead).",
 )
 @taxonomy_option
 @click.option(
     "--business-values",
-    required=True,
     multiple=True,
     type=EXISTING_FILE,
-    help="CSV google_category_id,business_value; repeat to merge several.",
+    help="CSV google_category_id,business_value; repeat to merge several (image models: "
+    "required; a text model reports the weighted score only with them).",
 )
 @click.option("--output", required=True, type=OUTPUT_DIR, help="Report directory to write.")
 @click.option(
@@ -317,9 +399,21 @@ def evaluate_command(
 
     Several labelled sources are evaluated together with --labels A --images A_ROOT --labels
     B --images B_ROOT (paired in order); the report adds each source's own figures.
+
+    A text model directory (from `enrich train --text`) is evaluated on the labels' titles:
+    no --images; report.json and report.md with the accuracy per level (`model.text_train`).
     """
+    from model.classifier import TEXT_MODALITY, model_modality
     from model.evaluate import EvaluateConfig, evaluate
 
+    if model_modality(model_dir) == TEXT_MODALITY:
+        _evaluate_text(
+            model_dir, labels, images_root, taxonomy_file, business_values, output, split
+        )
+        return
+    for name, values in (("--images", images_root), ("--business-values", business_values)):
+        if not values:
+            raise click.UsageError(f"Missing option '{name}' (an image model needs it).")
     if len(labels) != len(images_root):
         raise click.UsageError(
             f"--labels and --images pair up in order: got {len(labels)} --labels and "
@@ -348,6 +442,42 @@ def evaluate_command(
         for entry in report["sources"]:
             accuracy = "n/a" if entry["leaf_accuracy"] is None else f"{entry['leaf_accuracy']:.4f}"
             click.echo(f"  {entry['name']}: leaf accuracy {accuracy} on {entry['images']} images")
+
+
+def _evaluate_text(
+    model_dir: Path,
+    labels: tuple[Path, ...],
+    images_root: tuple[Path, ...],
+    taxonomy_file: Path,
+    business_values: tuple[Path, ...],
+    output: Path,
+    split: str,
+) -> None:
+    """`enrich evaluate` of a text model: accuracy per level on the labels' titles."""
+    from model.text_train import evaluate_text
+
+    if images_root:
+        raise click.UsageError(f"{model_dir} is a text model: --images is not used")
+    configure_logging()
+    report = evaluate_text(
+        model_dir,
+        labels,
+        taxonomy_file,
+        output,
+        split=None if split == "all" else split,
+        business_values=business_values,
+    )
+    weighted = report["weighted_score"]
+    click.echo(
+        f"text model: leaf accuracy {report['leaf_accuracy']:.4f} "
+        f"(macro {report['macro_accuracy']:.4f}"
+        + ("" if weighted is None else f", weighted score {weighted:.4f}")
+        + f") on {report['data']['products']} products "
+        f"({report['data']['without_text']} without text); report: {output / 'report.md'}"
+    )
+    for entry in report["levels"]:
+        accuracy = "n/a" if entry["accuracy"] is None else f"{entry['accuracy']:.4f}"
+        click.echo(f"  level {entry['level']}: accuracy {accuracy}")
 
 
 @click.command("compare")

@@ -34,3 +34,29 @@ def write_small_labels(
             for row in rows:
                 writer.writerow({k: row[k] for k in COLUMNS})
     return path
+
+
+TITLE_COLUMNS = ("product_id", "split", "title", "google_category_id")
+
+
+def write_small_titles(
+    shared_data: Path,
+    path: Path,
+    per_split: Mapping[str, int],
+    categories: Collection[str],
+) -> Path:
+    """Write the first `per_split[split]` titled products of each of `categories` from the
+    shared `fashion-products` source, without an image column (what text training reads)."""
+    chosen: dict[tuple[str, str], list[dict[str, str]]] = defaultdict(list)
+    with (shared_data / "fashion-products" / "labels.csv").open() as stream:
+        for row in csv.DictReader(stream):
+            key = (row["split"], row["google_category_id"])
+            if key[1] in categories and len(chosen[key]) < per_split.get(key[0], 0):
+                chosen[key].append(row)
+    with path.open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(TITLE_COLUMNS))
+        writer.writeheader()
+        for rows in chosen.values():
+            for row in rows:
+                writer.writerow({k: row[k] for k in TITLE_COLUMNS})
+    return path
