@@ -4,7 +4,8 @@ Shared by end-to-end training (:mod:`model.train`) and transfer learning
 (:mod:`model.transfer`): :func:`prepare_data` reads one or several labels files (or a built
 dataset), splits them (the file's splits, 70/15/15, or a hold-out of the train split),
 writes ``split.csv``, chooses the vocabulary, decodes the images through the disk cache and
-reads the business values.
+reads the business values. :func:`split_labels` is its split-and-vocabulary step alone, which
+decodes nothing (text training, :mod:`model.text_train`, uses it).
 """
 
 import csv
