@@ -57,7 +57,7 @@ class TrainConfig:
     image_size: int | None = DEFAULT_IMAGE_SIZE
     weights: Path | str | None = None
     """A local weight file, or "imagenet-lite" / "imagenet" (see model.backbones)."""
-    heads: HeadsKind = "multi"
+    heads: HeadsKind = "marginal"
     vocabulary: Literal["labels", "full"] = "labels"
     level_weights: tuple[float, ...] | None = None
     epochs: int = 30

@@ -74,7 +74,7 @@ class TextTrainConfig:
     taxonomy: Path
     output: Path
     depth: int = 4
-    heads: HeadsKind = "multi"
+    heads: HeadsKind = "marginal"
     vocabulary: Literal["labels", "full"] = "labels"
     level_weights: tuple[float, ...] | None = None
     epochs: int = 30

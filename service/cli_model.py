@@ -131,11 +131,12 @@ def _option_flag(name: str) -> str:
 )
 @click.option(
     "--heads",
-    type=click.Choice(["multi", "leaf", "marginal"]),
-    default="multi",
+    type=click.Choice(["marginal", "multi", "leaf"]),
+    default="marginal",
     show_default=True,
-    help="multi: a softmax per level; leaf: one flat softmax; marginal: a leaf softmax "
-    "summed to every level, trained with depth-weighted level losses.",
+    help="marginal (default): a leaf softmax summed to every level, trained with the leaf "
+    "loss plus depth-weighted level losses; multi: a softmax per level; leaf: one flat "
+    "softmax (the baseline). See docs/results/.",
 )
 @click.option(
     "--vocabulary", type=click.Choice(["labels", "full"]), default="labels", show_default=True
