@@ -127,14 +127,15 @@ class TestPackagedWeights:
 
 
 class TestImageNet:
-    """The pretrained lite0 with its ImageNet classifier recognises real product photos."""
+    """Each pretrained Lite variant with its ImageNet classifier recognises real photos."""
 
-    def test_obvious_photos_are_in_the_top_5(self, shared_data: Path) -> None:
+    @pytest.mark.parametrize("name", LITE)
+    def test_obvious_photos_are_in_the_top_5(self, name: str, shared_data: Path) -> None:
         """Most photos of bananas, lemons, peppers, T-shirts... have their class in the top 5."""
-        size = native_size(LITE[0])
+        size = native_size(name)
         paths = [first_held_out(shared_data, *photo[:3]) for photo in PHOTOS]
         batch = np.stack([decode_image(path, size) for path in paths])
-        logits = numpy(imagenet_classifier(LITE[0])(pretrained(LITE[0])(batch, training=False)))
+        logits = numpy(imagenet_classifier(name)(pretrained(name)(batch, training=False)))
         top5 = np.argsort(-logits, axis=1)[:, :5]
         hits = [photo[3] in classes for photo, classes in zip(PHOTOS, top5, strict=True)]
         misses = [photo[2] for photo, hit in zip(PHOTOS, hits, strict=True) if not hit]
