@@ -59,6 +59,19 @@ quality: install ## The quality grid: pretrained backbones x heads x 3 seeds, de
 quality-quick: install ## The grid's quick variant, Lite0 frozen only (under 15 min once features are cached): docs/results/.
 	$(BIN)/python -m bench.quality --quick
 
+SHARED_DATA ?= ../shared/data
+.PHONY: demo-heads
+demo-heads: install ## Retrain the demo's heads bundle (service/demo_assets/heads/) on both shared sources (about 3 min, 30 s with a warm feature cache).
+	$(BIN)/enrich train --labels $(SHARED_DATA)/product-images/labels.csv --images $(SHARED_DATA)/product-images \
+	  --labels $(SHARED_DATA)/fashion-products/labels.csv --images $(SHARED_DATA)/fashion-products \
+	  --business-values $(SHARED_DATA)/product-images/business-value.csv \
+	  --business-values $(SHARED_DATA)/fashion-products/business-value.csv \
+	  --taxonomy $(SHARED_DATA)/google-product-taxonomy/taxonomy-with-ids.en-US.txt \
+	  --backbone efficientnet_lite0 --weights imagenet-lite --heads marginal --holdout 0.1 \
+	  --batch-size 64 --learning-rate 1e-3 --epochs 40 --name demo-lite0-marginal \
+	  --cache-dir .run/quality/cache --output .run/demo-heads --verbose 0
+	rm -rf service/demo_assets/heads && cp -r .run/demo-heads/heads service/demo_assets/heads
+
 .PHONY: quality-scratch
 quality-scratch: install ## The from-scratch baseline (MobileNetV3-Small, no pretrained weights, about an hour): docs/results/scratch/.
 	bench/quality_run.sh docs/results/scratch
