@@ -52,8 +52,12 @@ clean: ## Remove the virtual environment and run files.
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
 
 .PHONY: quality
-quality: install ## The quality grid: pretrained backbones x heads x 3 seeds, depth 4 and 5, both shared sources (about 1.5 h on 2 cores): docs/results/.
-	$(BIN)/python -m bench.quality
+quality: install ## The quality grid of docs/results/ (frozen Lite0/1/2 x 3 heads x 3 seeds, tuned Lite0/1 x 2 heads x 1 seed; depth 4 and 5; about 1.5 h on 2 cores).
+	$(BIN)/python -m bench.quality --fresh --variants lite0-frozen
+	$(BIN)/python -m bench.quality --variants lite1-frozen
+	$(BIN)/python -m bench.quality --variants lite2-frozen
+	$(BIN)/python -m bench.quality --variants lite0-tuned --heads marginal leaf --seeds 1
+	$(BIN)/python -m bench.quality --variants lite1-tuned --heads marginal leaf --seeds 1
 
 .PHONY: quality-quick
 quality-quick: install ## The grid's quick variant, Lite0 frozen only (under 15 min once features are cached): docs/results/.
