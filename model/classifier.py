@@ -256,6 +256,19 @@ class ModelInfo:
     input_size: int
     heads: HeadsKind
 
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> "ModelInfo":
+        """The identity a model directory's `metadata.json` gives."""
+        return cls(
+            name=metadata["name"],
+            version=metadata["version"],
+            backbone=metadata["backbone"],
+            taxonomy_version=metadata["taxonomy"]["version"],
+            depth=int(metadata["taxonomy"]["depth"]),
+            input_size=int(metadata["input_size"]),
+            heads=metadata["heads"],
+        )
+
     def to_record(self) -> dict[str, Any]:
         """The `model` field of the CategoryEnrichment contract."""
         return {
@@ -308,15 +321,7 @@ class Classifier:
         self.metadata = dict(metadata)
         self.truncated = truncated
         self.vocabulary = Vocabulary.from_json(metadata["vocabulary"], truncated)
-        self.info = ModelInfo(
-            name=metadata["name"],
-            version=metadata["version"],
-            backbone=metadata["backbone"],
-            taxonomy_version=metadata["taxonomy"]["version"],
-            depth=int(metadata["taxonomy"]["depth"]),
-            input_size=int(metadata["input_size"]),
-            heads=metadata["heads"],
-        )
+        self.info = ModelInfo.from_metadata(metadata)
         self.decoder = Decoder(truncated, self.vocabulary, threshold=threshold, top_k=top_k)
         self._lock = threading.Lock()
 

@@ -93,17 +93,21 @@ class FeatureCache:
         images: NDArray[np.uint8],
         settings: dict[str, Any],
         compute: Callable[[NDArray[np.uint8]], NDArray[Any]],
+        digests: NDArray[np.void] | None = None,
     ) -> tuple[NDArray[Any], int]:
         """Features of ``images`` (row ``i`` for image ``i``), computing only the missing.
 
         ``compute`` gets the images not in the cache (in order) and returns their features.
-        Returns ``(features, hits)``: ``hits`` is how many images came from the cache.
+        ``digests`` are the images' :func:`image_digests` when the caller has them already
+        (several settings over the same images hash them once). Returns ``(features,
+        hits)``: ``hits`` is how many images came from the cache.
         """
         folder = self.folder(settings)
         if not (folder / "settings.json").exists():
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "settings.json").write_text(json.dumps(settings, indent=1, sort_keys=True))
-        digests = image_digests(images)
+        if digests is None:
+            digests = image_digests(images)
         index = self._index(folder)
         missing = [i for i, digest in enumerate(digests) if bytes(digest) not in index]
         fresh: NDArray[Any] | None = None

@@ -89,15 +89,7 @@ class TextClassifier:
                 f"{self.featurizer.dim}"
             )
         self.vocabulary = Vocabulary.from_json(metadata["vocabulary"], truncated)
-        self.info = ModelInfo(
-            name=metadata["name"],
-            version=metadata["version"],
-            backbone=metadata["backbone"],
-            taxonomy_version=metadata["taxonomy"]["version"],
-            depth=int(metadata["taxonomy"]["depth"]),
-            input_size=self.featurizer.dim,
-            heads=metadata["heads"],
-        )
+        self.info = ModelInfo.from_metadata(metadata)
         self.decoder = Decoder(truncated, self.vocabulary, threshold=threshold, top_k=top_k)
         self._lock = threading.Lock()
         self._empty: Prediction | None = None

@@ -43,7 +43,7 @@ import structlog
 from numpy.typing import NDArray
 
 from model.build import compile_model, count_params
-from model.classifier import decode_outputs, save_model
+from model.classifier import save_model
 from model.data import LabelRow, read_labels, read_sources
 from model.decode import Decoder
 from model.errors import ModelError
@@ -52,12 +52,12 @@ from model.metrics import (
     macro_accuracy,
     node_values,
     read_business_values_many,
-    weighted_accuracy,
 )
 from model.prepare import TrainResult, level_targets, split_labels
 from model.taxonomy import Taxonomy, TruncatedTaxonomy
 from model.text_classifier import TEXT_BACKBONE, TEXT_INPUT, TextClassifier, predict_sparse
 from model.text_features import SparseFeatures, TextFeaturizer, TextFields
+from model.validation import BestOnValidation
 from model.vocabulary import Vocabulary
 
 __all__ = ["TextTrainConfig", "evaluate_text", "read_text_rows", "row_text", "train_text"]
@@ -143,51 +143,6 @@ class _Batches(keras.utils.PyDataset):  # type: ignore[misc]
         self.order = self.rng.permutation(len(self.features))
 
 
-class _BestOnValidation(keras.callbacks.Callback):  # type: ignore[misc]
-    """Scores the validation texts each epoch; keeps the best epoch's weights in memory."""
-
-    def __init__(
-        self,
-        features: SparseFeatures,
-        true_ids: NDArray[np.int64],
-        truncated: TruncatedTaxonomy,
-        values: dict[int, float],
-        decoder: Decoder,
-        heads: HeadsKind,
-        patience: int,
-        history: dict[str, list[float]],
-    ) -> None:
-        super().__init__()
-        self.features = features
-        self.true_ids = true_ids
-        self.truncated = truncated
-        self.values = values
-        self.decoder = decoder
-        self.heads = heads
-        self.patience = patience
-        self.history = history
-        self.best = -math.inf
-        self.best_epoch = -1
-        self.best_weights: list[Any] | None = None
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        logs = logs if logs is not None else {}
-        outputs = predict_sparse(self.model, self.features)
-        predictions = decode_outputs(self.decoder, self.heads, outputs)
-        predicted = np.array([p.leaf_id for p in predictions], dtype=np.int64)
-        logs["val_leaf_accuracy"] = float(np.mean(predicted == self.true_ids))
-        logs["val_weighted_score"] = weighted_accuracy(
-            self.true_ids, predicted, self.truncated, self.values
-        )
-        for name, value in logs.items():
-            self.history.setdefault(name, []).append(float(value))
-        if logs["val_weighted_score"] > self.best:
-            self.best, self.best_epoch = logs["val_weighted_score"], epoch
-            self.best_weights = [np.array(w) for w in self.model.get_weights()]
-        elif epoch - self.best_epoch >= self.patience:
-            self.model.stop_training = True
-
-
 def _text_model(config: TextTrainConfig, vocabulary: Vocabulary) -> Any:
     """``text_features`` in, dropout, the chosen heads out."""
     inputs = keras.Input(shape=(config.featurizer.dim,), name=TEXT_INPUT)
@@ -261,15 +216,15 @@ def train_text(config: TextTrainConfig) -> TrainResult:
         heads=config.heads,
     )
     history: dict[str, list[float]] = {}
-    scorer = _BestOnValidation(
-        valid_x,
+    scorer = BestOnValidation(
+        lambda model: predict_sparse(model, valid_x),
         valid_ids,
-        truncated,
-        values,
-        Decoder(truncated, vocabulary),
-        config.heads,
-        config.patience,
-        history,
+        decoder=Decoder(truncated, vocabulary),
+        heads=config.heads,
+        truncated=truncated,
+        values=values,
+        patience=config.patience,
+        history=history,
     )
     targets = level_targets(vocabulary, config.heads, train_ids)
     model.fit(

@@ -29,9 +29,8 @@ import structlog
 from numpy.typing import NDArray
 
 from model.build import HeadsKind, build_model, compile_model, count_params
-from model.classifier import decode_outputs, predict_outputs, save_model
+from model.classifier import predict_outputs, save_model
 from model.decode import Decoder
-from model.metrics import weighted_accuracy
 from model.plots import plot_training_curves
 from model.prepare import (
     DEFAULT_BACKBONE,
@@ -45,6 +44,7 @@ from model.prepare import (
     prepare_data,
 )
 from model.taxonomy import TruncatedTaxonomy
+from model.validation import validation_scores
 
 __all__ = [
     "DEFAULT_BACKBONE",
@@ -130,11 +130,15 @@ class _ValidationScore(keras.callbacks.Callback):  # type: ignore[misc]
         if logs is None:
             return
         outputs = predict_outputs(self.model, self._split.images, self._batch_size)
-        predictions = decode_outputs(self._decoder, self._heads, outputs)
-        predicted = np.array([p.leaf_id for p in predictions], dtype=np.int64)
-        logs["val_leaf_accuracy"] = float(np.mean(predicted == self._split.true_ids))
-        logs["val_weighted_score"] = weighted_accuracy(
-            self._split.true_ids, predicted, self._truncated, self._values
+        logs.update(
+            validation_scores(
+                self._decoder,
+                self._heads,
+                outputs,
+                self._split.true_ids,
+                self._truncated,
+                self._values,
+            )
         )
 
 

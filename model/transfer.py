@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -47,14 +46,14 @@ from tqdm import tqdm
 from model.backbones import IMAGENET_LITE, build_backbone
 from model.build import build_model, compile_model, count_params
 from model.bundle import save_bundle
-from model.classifier import decode_outputs, predict_outputs, save_model
+from model.classifier import predict_outputs, save_model
 from model.decode import Decoder
 from model.errors import ModelError
-from model.feature_cache import FeatureCache
+from model.feature_cache import FeatureCache, image_digests
 from model.heads import attach_heads
-from model.metrics import weighted_accuracy
 from model.plots import plot_training_curves
 from model.prepare import Prepared, TrainConfig, TrainResult, level_targets, prepare_data
+from model.validation import BestOnValidation
 
 __all__ = ["cut_layer_name", "extract", "train_transfer"]
 
@@ -175,6 +174,7 @@ def _cached_features(
     model: Any = None
     dtype = "float32" if cut is None else "float16"
     parts, hits = [], 0
+    digests = image_digests(images)  # once for every view
     for view in range(views):
 
         def compute(missing: NDArray[np.uint8], view: int = view) -> NDArray[Any]:
@@ -189,55 +189,33 @@ def _cached_features(
                 progress=progress,
             )
 
-        features, hit = cache.get_or_compute(images, {**settings, "view": view}, compute)
+        features, hit = cache.get_or_compute(images, {**settings, "view": view}, compute, digests)
         parts.append(features)
         hits += hit
     return np.stack(parts), hits
 
 
-class _BestOnValidation(keras.callbacks.Callback):  # type: ignore[misc]
-    """Scores the validation inputs each epoch; keeps the best epoch's weights in memory."""
-
-    def __init__(
-        self,
-        inputs: NDArray[Any],
-        data: Prepared,
-        decoder: Decoder,
-        heads: Any,
-        patience: int,
-        history: dict[str, list[float]],
-        stage: str,
-    ) -> None:
-        super().__init__()
-        self.inputs = inputs
-        self.data = data
-        self.decoder = decoder
-        self.heads = heads
-        self.patience = patience
-        self.history = history
-        self.stage = stage
-        self.best = -math.inf
-        self.best_epoch = -1
-        self.best_weights: list[Any] | None = None
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        logs = logs if logs is not None else {}
-        outputs = predict_outputs(self.model, self.inputs, 256)
-        predictions = decode_outputs(self.decoder, self.heads, outputs)
-        predicted = np.array([p.leaf_id for p in predictions], dtype=np.int64)
-        true_ids = self.data.validation.true_ids
-        logs["val_leaf_accuracy"] = float(np.mean(predicted == true_ids))
-        logs["val_weighted_score"] = weighted_accuracy(
-            true_ids, predicted, self.data.truncated, self.data.values
-        )
-        for name, value in logs.items():
-            self.history.setdefault(name, []).append(float(value))
-        self.history.setdefault("stage", []).append(0.0 if self.stage == "heads" else 1.0)
-        if logs["val_weighted_score"] > self.best:
-            self.best, self.best_epoch = logs["val_weighted_score"], epoch
-            self.best_weights = [np.array(w) for w in self.model.get_weights()]
-        elif epoch - self.best_epoch >= self.patience:
-            self.model.stop_training = True
+def _scorer(
+    data: Prepared,
+    decoder: Decoder,
+    config: TrainConfig,
+    history: dict[str, list[float]],
+    inputs: NDArray[Any],
+    *,
+    stage: float,
+) -> BestOnValidation:
+    """Early stopping on the validation weighted score of ``inputs`` (features or activations)."""
+    return BestOnValidation(
+        lambda model: predict_outputs(model, inputs, 256),
+        data.validation.true_ids,
+        decoder=decoder,
+        heads=config.heads,
+        truncated=data.truncated,
+        values=data.values,
+        patience=config.patience,
+        history=history,
+        stage=stage,
+    )
 
 
 def _targets(data: Prepared, heads: Any, views: int) -> dict[str, NDArray[np.int32]]:
@@ -250,7 +228,7 @@ def _fit(
     model: Any,
     inputs: NDArray[Any],
     targets: dict[str, NDArray[np.int32]],
-    scorer: _BestOnValidation,
+    scorer: BestOnValidation,
     *,
     epochs: int,
     batch_size: int,
@@ -403,9 +381,7 @@ def train_transfer(config: TrainConfig) -> TrainResult:
         learning_rate=config.learning_rate,
         heads=config.heads,
     )
-    scorer = _BestOnValidation(
-        valid_pooled, data, decoder, config.heads, config.patience, history, "heads"
-    )
+    scorer = _scorer(data, decoder, config, history, valid_pooled, stage=0.0)
     began = time.monotonic()
     _fit(
         head_model,
@@ -439,9 +415,7 @@ def train_transfer(config: TrainConfig) -> TrainResult:
             learning_rate=config.fine_tune_learning_rate,
             heads=config.heads,
         )
-        tuner = _BestOnValidation(
-            valid_flat, data, decoder, config.heads, config.patience, history, "fine-tune"
-        )
+        tuner = _scorer(data, decoder, config, history, valid_flat, stage=1.0)
         tuner.best = best  # fine-tuning must beat the heads alone to be kept
         before = tuned.get_weights()
         began = time.monotonic()
