@@ -7,12 +7,15 @@ A model directory holds:
   taxonomy version and depth, the vocabularies with ids, names and paths, level weights,
   a training data summary and metrics; a text model (`model.text_classifier`) adds
   `"modality": "text"` and its featuriser's settings (no `modality` means images);
-- `checksums.sha256`: the SHA-256 of both files, checked on load.
+- `checksums.sha256`: the SHA-256 of both files, checked on load, and of every other file
+  listed there (the LiteRT flat buffers `model.litert` adds: `model.tflite`, ...), checked
+  when that file is used.
 
 `Classifier.load(dir)` verifies all of it (and, when given, that a taxonomy agrees with the
 one the model was trained on) and fails with `ModelError` saying what does not match; it
 refuses a text model, which `model.text_classifier.TextClassifier` loads (both go through
-`read_model_directory`).
+`read_model_directory`). What runs the model is the classifier's runtime
+(`model.runtime`): the Keras model, or a LiteRT flat buffer of it (`runtime="auto"|"litert"`).
 """
 
 import hashlib
@@ -33,6 +36,7 @@ from model.decode import Decoder, Prediction
 from model.errors import ModelError
 from model.heads import decodes_from_leaf
 from model.preprocess import decode_image
+from model.runtime import KerasRuntime, Runtime, RuntimeChoice
 from model.taxonomy import Category, Taxonomy, TruncatedTaxonomy
 from model.vocabulary import Vocabulary
 
@@ -100,8 +104,7 @@ def save_model(
     settings); it may not replace a field written here.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    model_path = directory / MODEL_FILE
-    model.save(model_path)
+    model.save(directory / MODEL_FILE)
     metadata = {
         "format": FORMAT_VERSION,
         "name": name,
@@ -124,15 +127,20 @@ def save_model(
     if clashes:
         raise ModelError(f"extra metadata may not replace {', '.join(clashes)}")
     metadata.update(extra or {})
-    metadata_path = directory / METADATA_FILE
-    metadata_path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-    (directory / CHECKSUMS_FILE).write_text(
-        "".join(f"{_sha256(p)}  {p.name}\n" for p in (model_path, metadata_path))
-    )
+    (directory / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    write_checksums(directory, (MODEL_FILE, METADATA_FILE))
     return metadata
 
 
-def _verify_checksums(directory: Path) -> None:
+def write_checksums(directory: Path, filenames: Sequence[str]) -> None:
+    """Write `checksums.sha256` listing the SHA-256 of each of ``filenames`` (and no other)."""
+    (directory / CHECKSUMS_FILE).write_text(
+        "".join(f"{_sha256(directory / name)}  {name}\n" for name in filenames)
+    )
+
+
+def listed_checksums(directory: Path) -> dict[str, str]:
+    """The file names `checksums.sha256` lists, with their expected SHA-256."""
     listing = directory / CHECKSUMS_FILE
     if not listing.exists():
         raise ModelError(f"{directory} is not a model directory: {CHECKSUMS_FILE} is missing")
@@ -140,10 +148,38 @@ def _verify_checksums(directory: Path) -> None:
     for line in listing.read_text().splitlines():
         digest, _, filename = line.partition("  ")
         expected[filename] = digest
+    return expected
+
+
+def verified_bytes(directory: Path, filename: str) -> bytes:
+    """The contents of a model directory's file, after checking them against its checksum.
+
+    The bytes returned are the bytes checked, so the file cannot change in between. Raises
+    ModelError when the file is missing, unlisted or differs from its checksum.
+    """
+    path = directory / filename
+    expected = listed_checksums(directory)
+    if filename not in expected:
+        raise ModelError(f"{directory / CHECKSUMS_FILE} has no checksum for {filename}")
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"model directory {directory} lacks {filename}: {exc}") from exc
+    actual = hashlib.sha256(content).hexdigest()
+    if actual != expected[filename]:
+        raise ModelError(
+            f"checksum mismatch for {path}: expected {expected[filename]}, got {actual}; "
+            "the file was changed or damaged after export"
+        )
+    return content
+
+
+def _verify_checksums(directory: Path) -> None:
+    expected = listed_checksums(directory)
     for filename in (MODEL_FILE, METADATA_FILE):
         path = directory / filename
         if filename not in expected:
-            raise ModelError(f"{listing} has no checksum for {filename}")
+            raise ModelError(f"{directory / CHECKSUMS_FILE} has no checksum for {filename}")
         if not path.exists():
             raise ModelError(f"model directory {directory} lacks {filename}")
         actual = _sha256(path)
@@ -304,8 +340,9 @@ def decode_outputs(
 class Classifier:
     """A loaded model directory: `classify` a batch of images into taxonomy predictions.
 
-    Safe to call from one inference thread while other threads build batches: calls are
-    serialised by a lock.
+    The heads' probabilities come from ``runtime`` (default: the Keras model itself; see
+    `model.runtime` for a LiteRT flat buffer). Safe to call from one inference thread while
+    other threads build batches: calls are serialised by a lock.
     """
 
     def __init__(
@@ -316,8 +353,10 @@ class Classifier:
         *,
         threshold: float = 0.0,
         top_k: int = 5,
+        runtime: Runtime | None = None,
     ) -> None:
         self._model = model
+        self.runtime: Runtime = runtime if runtime is not None else KerasRuntime(model)
         self.metadata = dict(metadata)
         self.truncated = truncated
         self.vocabulary = Vocabulary.from_json(metadata["vocabulary"], truncated)
@@ -343,12 +382,25 @@ class Classifier:
         taxonomy: Taxonomy | Path | None = None,
         threshold: float = 0.0,
         top_k: int = 5,
+        runtime: RuntimeChoice = "keras",
+        gpu: bool | None = None,
     ) -> "Classifier":
-        """Load and verify a model directory; `taxonomy`, when given, must agree with it."""
+        """Load and verify a model directory; `taxonomy`, when given, must agree with it.
+
+        ``runtime`` says what predicts (`model.runtime.open_runtime`): ``"keras"`` the Keras
+        model; ``"litert"`` the directory's default LiteRT flat buffer (ModelError when it has
+        none, or it is damaged); ``"auto"`` the flat buffer on a CPU, the Keras model when a
+        GPU is visible (``gpu``, default: asked of TensorFlow) or there is no flat buffer.
+        """
+        from model.runtime import open_runtime
+
         keras_model, metadata, truncated = read_model_directory(
             directory, taxonomy=taxonomy, modality=IMAGE_MODALITY
         )
-        return cls(keras_model, metadata, truncated, threshold=threshold, top_k=top_k)
+        chosen = open_runtime(Path(directory), keras_model, metadata, runtime, gpu=gpu)
+        return cls(
+            keras_model, metadata, truncated, threshold=threshold, top_k=top_k, runtime=chosen
+        )
 
     def prepare(self, image: ImageInput) -> NDArray[np.uint8]:
         """One image as the model's input: bytes and files go through `decode_image` (as in
@@ -371,8 +423,7 @@ class Classifier:
     def predict_raw(self, batch: NDArray[np.uint8]) -> dict[str, NDArray[np.float32]]:
         """The heads' probabilities for a prepared `(n, size, size, 3)` uint8 batch."""
         with self._lock:
-            outputs = self._model.predict_on_batch(batch)
-        return {head: np.asarray(values, dtype=np.float32) for head, values in outputs.items()}
+            return self.runtime(batch)
 
     def classify(self, images: Sequence[ImageInput]) -> list[Prediction]:
         """Predictions for a batch of images of any size (any batch size, empty included)."""

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -57,6 +58,11 @@ FEATURE_PATH = "category_path"
 FEATURE_LEVEL_LABEL = "label_level_{level}"
 """Index per level in the full vocabulary of the truncated taxonomy, -1 below the leaf."""
 FEATURE_SHA256 = "sha256"
+FEATURE_TITLE = "title"
+"""The product's title, description and partner category (UTF-8; absent in shards built
+before they were kept, read as empty)."""
+FEATURE_DESCRIPTION = "description"
+FEATURE_PARTNER_CATEGORY = "partner_category"
 """Hex digest of the downloaded (original) image bytes."""
 DATASET_FILE = "dataset.json"
 DATASET_SPLITS_FILE = "split.csv"
@@ -383,6 +389,16 @@ def _read_text(path: str) -> str:
         raise ModelError(f"cannot read {path}: {exc}") from exc
 
 
+_TEXT_FEATURES = (FEATURE_TITLE, FEATURE_DESCRIPTION, FEATURE_PARTNER_CATEGORY)
+
+
+def _feature_text(feature: Any, name: str) -> str:
+    """A text feature of a stored example, empty when the shard does not have it."""
+    if name not in feature or not feature[name].bytes_list.value:
+        return ""
+    return bytes(feature[name].bytes_list.value[0]).decode(errors="replace")
+
+
 def load_dataset(
     directory: str | Path, size: int, *, progress: bool = True
 ) -> tuple[NDArray[np.uint8], list[LabelRow]]:
@@ -390,7 +406,7 @@ def load_dataset(
 
     `directory` is a local path or any `tf.io.gfile` URL. Row `i` describes image `i`; its
     `image` is `<shard>#<record>`, its `line` is `i`, its split comes from the dataset's
-    `split.csv`. Images are
+    `split.csv`, its title, description and partner category from the record. Images are
     resized to `size` by `decode_image` when the dataset was built at another size.
     """
     import tensorflow as tf
@@ -420,7 +436,11 @@ def load_dataset(
                 continue
             category_id = int(feature[FEATURE_CATEGORY_ID].int64_list.value[0])
             jpegs.append(bytes(feature[FEATURE_IMAGE].bytes_list.value[0]))
-            rows.append(LabelRow(f"{shard}#{number}", category_id, product_id, split, len(rows)))
+            texts = (_feature_text(feature, name) for name in _TEXT_FEATURES)
+            rows.append(
+                LabelRow(f"{shard}#{number}", category_id, product_id, split, len(rows), "",
+                         *texts)
+            )  # fmt: skip
     images = np.empty((len(jpegs), size, size, 3), dtype=np.uint8)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         decoded = pool.map(lambda data: decode_image(data, size), jpegs)

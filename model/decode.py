@@ -257,6 +257,11 @@ class Decoder:
 
     def decode_multi(self, level_probs: Sequence[Any]) -> list[Prediction]:
         """Decode a batch of multi-head outputs: one ``(batch, size_k)`` array per level."""
+        probs = self._check_levels(level_probs)
+        return self._predictions(probs, self._path_scores(probs))
+
+    def _check_levels(self, level_probs: Sequence[Any]) -> list[FloatArray]:
+        """One checked ``(batch, size_k)`` array per level, all of one batch size."""
         sizes = self.vocabulary.sizes
         if len(level_probs) != len(sizes):
             raise ModelError(f"expected {len(sizes)} level outputs, got {len(level_probs)}")
@@ -267,12 +272,22 @@ class Decoder:
         batches = {array.shape[0] for array in probs}
         if len(batches) != 1:
             raise ModelError(f"the level outputs have different batch sizes {sorted(batches)}")
-        batch = probs[0].shape[0]
-        scores = np.zeros((batch, len(self.leaves)))
+        return probs
+
+    def _path_scores(self, probs: list[FloatArray]) -> FloatArray:
+        """Each leaf's score: the sum of its path's log-probabilities (checked levels in)."""
+        scores = np.zeros((probs[0].shape[0], len(self.leaves)))
         for level, array in enumerate(probs):
             logs = np.log(np.clip(array, EPSILON, None))
             scores += np.where(self._mask[:, level], logs[:, self._index[:, level]], 0.0)
-        return self._predictions(probs, scores)
+        return scores
+
+    def leaf_distribution(self, level_probs: Sequence[Any]) -> FloatArray:
+        """A multi-head batch's leaf probabilities: ``exp(score)`` normalised over the leaves
+        (the probabilities the alternatives report), ``(batch, leaves)``."""
+        scores = self._path_scores(self._check_levels(level_probs))
+        shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+        return np.asarray(shifted / shifted.sum(axis=1, keepdims=True), dtype=np.float64)
 
     def decode_leaf(self, leaf_probs: Any) -> list[Prediction]:
         """Decode a batch of the flat head's outputs, ``(batch, leaves)``."""

@@ -8,13 +8,14 @@ or a stop event, :meth:`Service.replay` until the end offsets seen at its start.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import resource
 import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType, TracebackType
 from typing import Any
@@ -25,11 +26,15 @@ from aiohttp import web
 from confluent_kafka import TopicPartition
 
 from model.classifier import Classifier
+from model.fusion import FusionSettings, LateFusion
+from model.text_classifier import TextClassifier
+from model.text_features import TextFields
 from service.batcher import InferenceBatcher
 from service.cache import ImageCache, KeyValueStore
 from service.config import Settings
 from service.contract import SingleObjectCodec
 from service.crashloop import CrashLoopGuard
+from service.enrich import TextSignal, image_scores, text_scores
 from service.errors import ConfigError, KafkaError
 from service.fetch.fetcher import ImageFetcher
 from service.http import start_http
@@ -102,8 +107,10 @@ class Service:
         store: KeyValueStore | None = None,
         group_id: str | None = None,
         http: bool = True,
+        text_model: TextClassifier | None = None,
     ) -> None:
-        """Load the model and build the parts; ``store`` replaces Redis (the demo's cache)."""
+        """Load the model(s) and build the parts; ``store`` replaces Redis (the demo's
+        cache); ``text_model`` replaces ENRICH_TEXT_MODEL_DIR's."""
         self.settings = settings
         if classifier is None:
             if settings.model_dir is None:
@@ -113,8 +120,10 @@ class Service:
                 taxonomy=settings.taxonomy,
                 threshold=settings.confidence_threshold,
                 top_k=settings.top_k,
+                runtime=settings.runtime,
             )
         self.classifier = classifier
+        self.text = self._text_signal(settings, classifier, text_model)
         self.metrics = Metrics()
         self.group_id = group_id or settings.group_id
         if store is None and settings.redis_url:
@@ -139,13 +148,46 @@ class Service:
         self.loop = LoopThread()
         self.fetcher = ImageFetcher(self.fetch_config)
         self.metrics.fetch_stalled.set_function(lambda: self.fetcher.limiter.stalled)
-        self.batcher = InferenceBatcher(
-            self.classifier.classify,
+        classify: Callable[[Sequence[Any]], Sequence[Any]] = self.classifier.classify
+        if self.text is not None:  # fusion needs the image's leaf distribution
+            classify = functools.partial(image_scores, self.classifier)
+        self.batcher: InferenceBatcher[Any] = InferenceBatcher(
+            classify,
             max_size=settings.batch_max_size,
             max_wait_s=settings.batch_max_wait_ms / 1000,
             on_batch=self._on_batch,
         )
         self.service: EnrichmentService | None = None
+
+    @staticmethod
+    def _text_signal(
+        settings: Settings, classifier: Classifier, text_model: TextClassifier | None
+    ) -> TextSignal | None:
+        """The text model (``text_model`` or ENRICH_TEXT_MODEL_DIR) fused with the image
+        model, or None when there is none."""
+        if text_model is None and settings.text_model_dir is not None:
+            text_model = TextClassifier.load(
+                settings.text_model_dir,
+                taxonomy=settings.taxonomy,
+                threshold=settings.confidence_threshold,
+                top_k=settings.top_k,
+            )
+        if text_model is None:
+            return None
+        image, text = classifier.info, text_model.info
+        if (image.taxonomy_version, image.depth) != (text.taxonomy_version, text.depth):
+            raise ConfigError(
+                f"the text model ({text.taxonomy_version}, depth {text.depth}) and the image "
+                f"model ({image.taxonomy_version}, depth {image.depth}) use different taxonomies"
+            )
+        fusion = LateFusion(
+            classifier.vocabulary, text_model.vocabulary,
+            settings=FusionSettings(text_weight=settings.fusion_text_weight),
+            threshold=settings.confidence_threshold, top_k=settings.top_k,
+        )  # fmt: skip
+        log.info("text_model_loaded", name=text.name, version=text.version,
+                 fused_leaves=len(fusion.vocabulary.leaves))  # fmt: skip
+        return TextSignal(text_model, fusion, max_size=settings.batch_max_size)
 
     def _on_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)
@@ -166,6 +208,8 @@ class Service:
         self.loop.start()
         self.loop.call(self.fetcher.__aenter__())
         self.batcher.start()
+        if self.text is not None:
+            self.text.start()
         if self.http:
             self._runner, self.http_port = self.loop.call(
                 start_http(
@@ -188,6 +232,8 @@ class Service:
         began = time.perf_counter()
         for count in (self.settings.batch_max_size, 1):
             self.classifier.classify([blank] * count)
+            if self.text is not None:
+                text_scores(self.text.classifier, [TextFields(title="warm up")] * count)
         log.info("model_warmed_up", seconds=round(time.perf_counter() - began, 2))
 
     def __exit__(
@@ -205,6 +251,8 @@ class Service:
             except TimeoutError:
                 log.warning("cache_writes_unflushed")
         self.batcher.close()
+        if self.text is not None:
+            self.text.close()
         self.loop.call(self.fetcher.__aexit__(None, None, None))
         self.loop.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -265,6 +313,7 @@ class Service:
             metrics=self.metrics,
             limits=self._topic_limits(kafka, producer_config, options),
             guard=CrashLoopGuard(settings.crash_loop_restarts, slack=options.consume_batch),
+            text=self.text,
         )
 
     def _topic_limits(
@@ -302,6 +351,8 @@ class Service:
             max_in_work=s.max_in_work,
             shutdown_deadline_s=s.shutdown_deadline_s,
             revoke_deadline_s=min(s.shutdown_deadline_s, 10.0),
+            lag_interval_s=s.lag_interval_s,
+            stall_timeout_s=s.stall_timeout_s,
         )
 
     def serve(

@@ -17,22 +17,21 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
-import numpy as np
 import structlog
-from numpy.typing import NDArray
-
-from model.decode import Prediction
 
 __all__ = ["BatchStats", "InferenceBatcher"]
 
 log = structlog.get_logger(__name__)
 
-ClassifyFn = Callable[[Sequence[NDArray[np.uint8]]], list[Prediction]]
+R = TypeVar("R")
+"""What the classify function answers per input: a prediction, or a scored answer."""
+ClassifyFn = Callable[[Sequence[Any]], Sequence[R]]
 BatchObserver = Callable[[int, float], None]
-Waiter = Future[Prediction] | asyncio.Future[Prediction]
-Item = tuple[NDArray[np.uint8], Waiter, float]
-Outcome = Prediction | Exception
+Waiter = Future[Any] | asyncio.Future[Any]
+Item = tuple[Any, Waiter, float]
+Outcome = Any
 
 
 @dataclass
@@ -44,12 +43,14 @@ class BatchStats:
     seconds: float = 0.0
 
 
-class InferenceBatcher:
-    """Collects images into batches for ``classify`` in one inference thread."""
+class InferenceBatcher(Generic[R]):
+    """Collects inputs (images, or texts) into batches for ``classify`` in one inference
+    thread; each input's answer is whatever ``classify`` returns for it (usually a
+    :class:`~model.decode.Prediction`)."""
 
     def __init__(
         self,
-        classify: ClassifyFn,
+        classify: ClassifyFn[R],
         *,
         max_size: int = 32,
         max_wait_s: float = 0.02,
@@ -67,22 +68,22 @@ class InferenceBatcher:
         self.stats = BatchStats()
         self._started = False
 
-    def start(self) -> InferenceBatcher:
+    def start(self) -> InferenceBatcher[R]:
         """Start the inference thread (once)."""
         if not self._started:
             self._started = True
             self._thread.start()
         return self
 
-    def submit(self, image: NDArray[np.uint8]) -> Future[Prediction]:
-        """Queue one prepared image; the future gets its prediction or the batch's error."""
-        future: Future[Prediction] = Future()
+    def submit(self, image: Any) -> Future[R]:
+        """Queue one prepared input; the future gets its answer or the batch's error."""
+        future: Future[R] = Future()
         self._queue.put((image, future, time.monotonic()))
         return future
 
-    async def classify(self, image: NDArray[np.uint8]) -> Prediction:
-        """Queue one image and await its prediction from an event loop."""
-        future: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
+    async def classify(self, image: Any) -> R:
+        """Queue one input and await its answer from an event loop."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.put((image, future, time.monotonic()))
         return await future
 
@@ -133,7 +134,7 @@ class InferenceBatcher:
             self.stats.seconds += seconds
             if self._on_batch is not None:
                 self._on_batch(len(batch), seconds)
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Prediction], Outcome]]]
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Outcome]]]
         by_loop = {}
         for (_, waiter, _), outcome in zip(batch, outcomes, strict=True):
             if isinstance(waiter, asyncio.Future):
@@ -149,7 +150,7 @@ class InferenceBatcher:
                 log.warning("inference_result_dropped", images=len(settled))
 
 
-def _settle(settled: list[tuple[asyncio.Future[Prediction], Outcome]]) -> None:
+def _settle(settled: list[tuple[asyncio.Future[Any], Outcome]]) -> None:
     """Give each asyncio future its prediction or error (in its loop's thread)."""
     for future, outcome in settled:
         if future.done():  # cancelled while it waited

@@ -11,6 +11,7 @@ import click
 
 from model.errors import EnrichError
 from model.taxonomy import Taxonomy
+from service.cli_litert import export_litert_command
 from service.cli_model import compare_command, evaluate_command, train_command
 from service.cli_options import EXISTING_DIR, EXISTING_FILE, taxonomy_option
 from service.logging import configure_logging
@@ -255,6 +256,14 @@ def _settings(**flags: Any) -> Any:
     help="Model directory (env ENRICH_MODEL_DIR).",
 )
 @click.option(
+    "--text-model",
+    "text_model_dir",
+    type=EXISTING_DIR,
+    default=None,
+    help="Text model directory (env ENRICH_TEXT_MODEL_DIR): title, description and partner "
+    "category classified too, fused with the image, alone when the image fails.",
+)
+@click.option(
     "--taxonomy",
     type=EXISTING_FILE,
     default=None,
@@ -271,6 +280,13 @@ def _settings(**flags: Any) -> Any:
     help="env ENRICH_DELIVERY (default at-least-once)",
 )
 @click.option("--metrics-port", type=int, default=None, help="env ENRICH_METRICS_PORT (9464)")
+@click.option(
+    "--runtime",
+    type=click.Choice(["auto", "keras", "litert"]),
+    default=None,
+    help="What runs the model (env ENRICH_RUNTIME, default auto: the LiteRT flat buffer on a "
+    "CPU when the model directory has one, else the Keras model).",
+)
 def serve_command(**flags: Any) -> None:
     """Enrich products from Kafka until SIGTERM / SIGINT; see the README for every setting."""
     from service.app import Service
@@ -289,6 +305,13 @@ def serve_command(**flags: Any) -> None:
     type=EXISTING_DIR,
     default=None,
     help="Model directory (env ENRICH_MODEL_DIR): the new model to reclassify with.",
+)
+@click.option(
+    "--text-model",
+    "text_model_dir",
+    type=EXISTING_DIR,
+    default=None,
+    help="Text model directory (env ENRICH_TEXT_MODEL_DIR) to reclassify with too.",
 )
 @click.option("--taxonomy", type=EXISTING_FILE, default=None)
 @click.option("--input-topic", default=None, help="Topic to replay (env ENRICH_INPUT_TOPIC).")
@@ -310,8 +333,9 @@ def serve_command(**flags: Any) -> None:
 )
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def replay_command(
-    model_dir: Path | None, taxonomy: Path | None, input_topic: str | None,
-    output_topic: str | None, since: Any, group_id: str | None, progress: bool,
+    model_dir: Path | None, text_model_dir: Path | None, taxonomy: Path | None,
+    input_topic: str | None, output_topic: str | None, since: Any, group_id: str | None,
+    progress: bool,
 ) -> None:  # fmt: skip
     """Reclassify a topic from its beginning (or --since) up to its end now, then exit."""
     import datetime as dt
@@ -320,8 +344,8 @@ def replay_command(
 
     from service.app import Service
 
-    settings = _settings(model_dir=model_dir, taxonomy=taxonomy, input_topic=input_topic,
-                         metrics_port=0)  # fmt: skip
+    settings = _settings(model_dir=model_dir, text_model_dir=text_model_dir, taxonomy=taxonomy,
+                         input_topic=input_topic, metrics_port=0)  # fmt: skip
     bar: Any = None
 
     def on_start(total: int) -> None:
@@ -372,7 +396,7 @@ def demo_command(products: int, model_dir: Path | None, as_json: bool) -> None:
         raise EnrichError(f"the demo got {result.outputs} outputs for {result.products} products")
 
 
-for _command in (train_command, evaluate_command, compare_command):
+for _command in (train_command, evaluate_command, compare_command, export_litert_command):
     cli.add_command(_command)
 
 

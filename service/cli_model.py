@@ -1,5 +1,5 @@
-"""The model subcommands of `enrich`: train (images, or `--text`), evaluate, compare (registered
-in `service.cli`)."""
+"""The model subcommands of `enrich`: train (images, or `--text`), evaluate, compare
+(registered in `service.cli`)."""
 
 from pathlib import Path
 

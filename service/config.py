@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.runtime import RuntimeChoice
 from service.errors import ConfigError
 from service.logging import LogFormat
 
@@ -67,6 +68,25 @@ class Settings(BaseSettings):
         default=None,
         description="Taxonomy file checked against the model's (optional: the model carries "
         "the paths it predicts).",
+    )
+    text_model_dir: Path | None = Field(
+        default=None,
+        description="Text model directory (`enrich train --text`): products are classified "
+        "from title, description and partner category too; fused with the image when both "
+        "answer, alone when the image fails or is missing.",
+    )
+    fusion_text_weight: float = Field(
+        default=1.0,
+        ge=0.0,
+        description="How much the text's evidence counts against the image's when both "
+        "answer (model.fusion; 0 ignores the text whenever the image answers).",
+    )
+    runtime: RuntimeChoice = Field(
+        default="auto",
+        description="What runs the model: auto (the model directory's LiteRT flat buffer, "
+        "XNNPACK on the CPU, when it has one and no GPU is visible; else the Keras model), "
+        "keras, or litert (refused for a directory without a flat buffer: `enrich "
+        "export-litert` writes them). The choice is logged as runtime_selected.",
     )
     delivery: Literal["at-least-once", "exactly-once"] = Field(
         default="at-least-once", description="Delivery guarantee of the output topic."
@@ -174,6 +194,15 @@ class Settings(BaseSettings):
     )
     shutdown_deadline_s: float = Field(
         default=30.0, gt=0, description="Time to finish in-flight work on SIGTERM or revoke."
+    )
+    stall_timeout_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="An assigned partition with lag that gives no message this long while not "
+        "paused is restarted (seek to its next offset, resume; service.lag); 0 never.",
+    )
+    lag_interval_s: float = Field(
+        default=5.0, gt=0, description="How often the lag of each assigned partition is read."
     )
 
     @property

@@ -28,6 +28,18 @@ class Metrics:
         self.dead_lettered = Counter(
             "enrich_dead_lettered", "Input messages sent to the dead-letter topic.", registry=r
         )
+        self.partition_stalls = Counter(
+            "enrich_partition_stalls",
+            "Assigned partitions with lag that gave nothing for ENRICH_STALL_TIMEOUT_S while "
+            "not paused, restarted (seek + resume).",
+            registry=r,
+        )
+        self.decided = Counter(
+            "enrich_decided",
+            "Products by the signals their category came from: IMAGE, TEXT, FUSED (both), NONE.",
+            ["by"],
+            registry=r,
+        )
         self.refused = Counter(
             "enrich_refused",
             "Records the broker or client refused (record-level errors), by topic kind and error.",

@@ -30,7 +30,6 @@ import datetime as dt
 import functools
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -41,16 +40,19 @@ from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 from service.batcher import InferenceBatcher
 from service.contract import Codec
 from service.crashloop import CrashLoopGuard
+from service.enrich import ProductEnricher, TextSignal
 from service.errors import EnrichError, KafkaError, SerializationError
+from service.held import HeldMessages
 from service.images import ImageStage
 from service.kafka.consumer import KafkaConsumer
 from service.kafka.producer import KafkaProducer
+from service.lag import LagWatch
 from service.loop import LoopThread
 from service.metrics import Metrics
 from service.ordering import Output, PartitionQueues, Pending
 from service.outputs import OutputBuilder, TopicLimits, message_size
 from service.publisher import Publisher
-from service.records import Product, Status, enrichment, parse_product
+from service.records import Product, enrichment, parse_product
 from service.redelivery import TakenOffsets
 
 __all__ = ["DeliveryMode", "EnrichmentService", "LoopThread", "RunSummary", "ServiceOptions"]
@@ -83,6 +85,9 @@ class ServiceOptions:
     revoke_deadline_s: float = 10.0
     transaction_interval_s: float = 0.1
     lag_interval_s: float = 5.0
+    stall_timeout_s: float = 60.0
+    """A partition with lag that gives nothing this long (while not paused) is restarted
+    (:mod:`service.lag`); 0: never."""
     commit_interval_s: float = 0.2
     """How often stored offsets are committed (asynchronously) while the watermark moves: a
     crash redoes at most the in-flight messages plus this long's worth of work."""
@@ -112,17 +117,19 @@ class EnrichmentService:
         product_codec: Codec,
         enrichment_codec: Codec,
         images: ImageStage,
-        batcher: InferenceBatcher,
+        batcher: InferenceBatcher[Any],
         loop: LoopThread,
         model_record: Mapping[str, Any],
         metrics: Metrics,
         limits: TopicLimits | None = None,
         guard: CrashLoopGuard | None = None,
+        text: TextSignal | None = None,
     ) -> None:
         """Wire the parts; nothing talks to the network until :meth:`run`.
 
         ``limits``: the largest record each topic takes (read from the broker by the app);
-        ``guard``: the crash-loop guard (:mod:`service.crashloop`).
+        ``guard``: the crash-loop guard (:mod:`service.crashloop`); ``text``: the text model
+        and its fusion with the image model (:mod:`service.enrich`), when one is loaded.
         """
         self.options = options
         self.consumer = consumer
@@ -133,6 +140,7 @@ class EnrichmentService:
         self.loop = loop
         self.model_record = dict(model_record)
         self.metrics = metrics
+        self.enricher = ProductEnricher(images, batcher, model_record, metrics, text)
         self.outputs = OutputBuilder(
             output_topic=options.output_topic, dead_letter_topic=options.dead_letter_topic,
             codec=enrichment_codec, limits=limits or TopicLimits(),
@@ -140,6 +148,7 @@ class EnrichmentService:
         self.guard = guard or CrashLoopGuard()
         self.queues = PartitionQueues()
         self.taken = TakenOffsets(metrics)
+        self.lag = LagWatch(consumer, metrics, stall_timeout_s=options.stall_timeout_s)
         self.summary = RunSummary()
         self.assigned: set[Partition] = set()
         self.publisher = Publisher(
@@ -152,8 +161,9 @@ class EnrichmentService:
         self.stopped = False
         self.heartbeat = time.monotonic()
         self._paused = False
+        self._resume_assigned = False
         self._last_lag = 0.0
-        self._held: dict[Partition, deque[Message]] = {}
+        self._held = HeldMessages(consumer, self.guard, self.queues, self.assigned)
         """Messages of careful partitions waiting their turn (the partition is paused)."""
         self._to_start: list[tuple[Product, Pending]] = []
         self._tasks: set[asyncio.Task[Output]] = set()  # held so none is collected mid-run
@@ -188,11 +198,11 @@ class EnrichmentService:
         key = (topic, partition)
         if self.taken.is_copy(message):
             return
-        held = self._held.get(key)
-        if (held and not released) or self._must_wait(key, offset):
-            self._hold(key, message)  # it waits its turn
+        if self._held.holds_back(key, offset, released=released):
+            self._held.hold(key, message)  # it waits its turn
             return
         self.taken.take(message)
+        self.lag.taken(key, offset)
         self.publisher.touch(key)  # the next commit records how far this owner has read
         self.summary.consumed += 1
         self.metrics.consumed.inc()
@@ -236,7 +246,9 @@ class EnrichmentService:
                         error=reason)  # fmt: skip
             pending.output = self._dead_letter(pending, reason)
             return
-        if invalid is not None:
+        if invalid is not None and not (
+            product.image_error is not None and self.enricher.uses_text(product)
+        ):  # an unusable image URL alone leaves the text to classify
             pending.output = self._output(
                 pending,
                 enrichment(product, status="INVALID_INPUT", model=self.model_record,
@@ -275,46 +287,13 @@ class EnrichmentService:
         """After a batch: move partitions the consumer rewound back past what was taken."""
         self.taken.seek_past_rewinds(self.consumer)
 
-    def _must_wait(self, key: Partition, offset: int) -> bool:
-        """Whether this record must wait: a careful record begins only when no record of a
-        careful or counting partition is in work anywhere in the process (so a death names
-        it), and a counting partition's records wait while a careful record is in work."""
-        if self.guard.careful(key, offset):
-            return self._busy(self.guard.suspect)
-        if self.guard.suspect(key):
-            return self._busy(lambda k: (s := self.guard.state(k)) is not None and s.careful)
-        return False
-
-    def _busy(self, which: Callable[[Partition], bool]) -> bool:
-        """Whether a partition chosen by ``which`` has a record in work."""
-        return any(which(key) and self.queues.pending_in([key]) for key in self.assigned)
-
-    def _hold(self, key: Partition, message: Message) -> None:
-        """Keep a careful partition's message for its turn; the partition stops fetching (it
-        resumes from after the held messages, which the consumer already handed out)."""
-        if key not in self._held:
-            self._held[key] = deque()
-            self.consumer.pause([TopicPartition(*key)])
-        self._held[key].append(message)
-
     def _release_held(self) -> None:
-        """Give held messages their turn: a careful one when no careful record is in work,
-        the rest (past the careful range) at once; a partition with none left fetches again."""
-        for key in list(self._held):
-            queue, released = self._held[key], False
-            while queue:
-                message = queue[0]
-                if self._must_wait(key, message.offset() or 0):
-                    break
-                queue.popleft()
-                released = True
-                self._handle(message, released=True)
-            if not queue:
-                del self._held[key]
-                if key in self.assigned and not self._paused:
-                    self.consumer.resume([TopicPartition(*key)])
-            elif released:
-                self._held[key] = self._held.pop(key)  # to the end: partitions take turns
+        """Give held messages their turn (service.held); a partition with none left fetches
+        again."""
+        for key in self._held.release(lambda message: self._handle(message, released=True)):
+            if key in self.assigned and not self._paused:
+                self.consumer.resume([TopicPartition(*key)])
+                self.lag.paused([key])  # its silence counts from now
 
     def _start_enrichment(self) -> None:
         """Hand the products taken since the last call to the event loop, in one wake-up."""
@@ -344,28 +323,13 @@ class EnrichmentService:
             pending.output = self._dead_letter(pending, reason)
 
     async def _enrich(self, product: Product, pending: Pending) -> Output:
-        """Image → prediction → enrichment record, for one valid product."""
-        assert product.image_url is not None
+        """Signals → decision → enrichment record, for one valid product (service.enrich)."""
         with structlog.contextvars.bound_contextvars(
             topic=pending.topic, partition=pending.partition, offset=pending.offset,
             product_id=product.product_id,
         ):  # fmt: skip
-            outcome = await self.images.load(product.image_url.strip())
-            source = self._source(pending)
-            if outcome.pixels is None:
-                status: Status = outcome.status or "IMAGE_UNAVAILABLE"
-                log.info("image_failed", status=status, reason=outcome.reason)
-                record = enrichment(
-                    product, status=status, model=self.model_record, source=source,
-                    error=outcome.reason, image=outcome.info,
-                )  # fmt: skip
-                return self._output(pending, record, status)
-            prediction = await self.batcher.classify(outcome.pixels)
-            record = enrichment(
-                product, status=prediction.status, model=self.model_record, source=source,
-                prediction=prediction, image=outcome.info,
-            )  # fmt: skip
-            return self._output(pending, record, prediction.status)
+            record, status = await self.enricher.enrich(product, self._source(pending))
+            return self._output(pending, record, status)
 
     # -- publishing (service/publisher.py) ------------------------------------------------
 
@@ -390,6 +354,11 @@ class EnrichmentService:
     def _backpressure(self) -> None:
         in_flight, in_work = len(self.queues), self.in_work
         options = self.options
+        if self._resume_assigned:  # after a rebalance that came while paused
+            self._resume_assigned = False
+            self.consumer.resume([tp for tp in self.consumer.assignment()
+                                  if (tp.topic, tp.partition) not in self._held])  # fmt: skip
+            self.lag.paused(self.assigned)
         if not self._paused and self._room() <= 0:
             self.consumer.pause(self.consumer.assignment())
             self._paused = True
@@ -409,31 +378,27 @@ class EnrichmentService:
             )
             self._paused = False
             self.metrics.paused.set(0)
+            self.lag.paused(self.assigned)  # their silence counts from now
             log.info("resumed", in_flight=in_flight, in_work=in_work)
 
     def _update_lag(self) -> None:
+        """Lag gauges, broker reachability and stalled partitions (:mod:`service.lag`)."""
         now = time.monotonic()
         if now - self._last_lag < self.options.lag_interval_s:
             return
         self._last_lag = now
-        for (topic, partition), position in list(self.taken.positions.items()):
-            try:
-                _, high = self.consumer.client.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=1.0, cached=False
-                )
-                self.broker_ok = True
-            except Exception:  # a lag reading is best effort
-                self.broker_ok = False
-                continue
-            self.metrics.lag.labels(topic, str(partition)).set(max(0, high - position - 1))
+        self.broker_ok = self.lag.check(
+            fetching=lambda key: not self._paused and key not in self._held
+        )
 
     def _forget(self, keys: list[Partition]) -> None:
         """A partition assigned again starts from its committed offset, taken afresh."""
         self.taken.forget(keys)
+        self.lag.forget(keys)
         self.publisher.forget(keys)
         for key in keys:
             self.guard.forget(key)
-            self._held.pop(key, None)  # not committed: the next owner reads them again
+            self._held.drop(key)  # not committed: the next owner reads them again
         self.metrics.crash_loop_careful.set(len(self._careful_partitions()))
 
     def _careful_partitions(self) -> list[Partition]:
@@ -446,9 +411,18 @@ class EnrichmentService:
         self.broker_ok = True
         log.info("assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
         self.publisher.start_partitions(partitions)
+        for key in keys:
+            start = self.publisher.start_offset(key)
+            if start is not None:
+                self.lag.assigned(key, start)
         self.metrics.crash_loop_careful.set(len(self._careful_partitions()))
         if self._paused:
-            self.consumer.pause(partitions)
+            # Not paused here, inside the rebalance callback: pause and resume around an
+            # assignment can leave a partition paused for good (librdkafka issue 5591).
+            # The main loop resumes everything assigned, then pauses again if still full.
+            self._paused = False
+            self._resume_assigned = True
+            self.metrics.paused.set(0)
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]

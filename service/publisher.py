@@ -329,6 +329,10 @@ class Publisher:
         """A partition was assigned at this committed offset."""
         self._base[key] = committed
 
+    def start_offset(self, key: Partition) -> int | None:
+        """The offset a partition was assigned at (None when it could not be read)."""
+        return self._base.get(key)
+
     def store_positions(self, *, clean: Collection[Partition] = ()) -> None:
         """At-least-once: store the positions of partitions that moved (and of those left
         cleanly), for the next commit."""

@@ -258,6 +258,9 @@ class Builder:
             sha256=sha256,
             jpeg=jpeg,
             image_size=self.config.image_size,
+            title=row.title,
+            description=row.description,
+            partner_category=row.partner_category,
         )
 
     def _write(self, plan: ShardPlan, results: Sequence[Record | Failure]) -> None:

@@ -12,13 +12,16 @@ from PIL import Image
 
 from model.data import (
     FEATURE_CATEGORY_ID,
+    FEATURE_DESCRIPTION,
     FEATURE_IMAGE,
     FEATURE_IMAGE_SIZE,
     FEATURE_IMAGE_URL,
     FEATURE_LEVEL_LABEL,
+    FEATURE_PARTNER_CATEGORY,
     FEATURE_PATH,
     FEATURE_PRODUCT_ID,
     FEATURE_SHA256,
+    FEATURE_TITLE,
     FEATURE_TRUNCATED_ID,
 )
 from model.errors import InvalidImageError
@@ -45,6 +48,11 @@ class Record:
     sha256: str
     jpeg: bytes
     image_size: int
+    title: str = ""
+    """The labels' title, description and partner category (empty when they have none): the
+    text model trains on them."""
+    description: str = ""
+    partner_category: str = ""
 
 
 def to_jpeg(pixels: NDArray[np.uint8]) -> bytes:
@@ -88,6 +96,9 @@ def encode_record(record: Record) -> bytes:
         FEATURE_TRUNCATED_ID: ints(record.category_id),
         FEATURE_PATH: ints(*record.path),
         FEATURE_SHA256: text(record.sha256),
+        FEATURE_TITLE: text(record.title),
+        FEATURE_DESCRIPTION: text(record.description),
+        FEATURE_PARTNER_CATEGORY: text(record.partner_category),
     }
     for level, label in enumerate(record.labels, start=1):
         features[FEATURE_LEVEL_LABEL.format(level=level)] = ints(label)

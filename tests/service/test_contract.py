@@ -1,6 +1,7 @@
 """The Avro contract: schemas, the single-object wire format, and compatibility across versions."""
 
 import copy
+import itertools
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -109,11 +110,54 @@ ENRICHMENT_FAILED: dict[str, Any] = {
     "event_time": datetime(2026, 1, 1, tzinfo=UTC),
     "processed_at": datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC),
 }
+ENRICHMENT_FUSED: dict[str, Any] = {  # 1.1.0: the category from image and text together
+    **ENRICHMENT_CLASSIFIED,
+    "decided_by": "FUSED",
+    "signals": [
+        {
+            "signal": "IMAGE",
+            "outcome": "USED",
+            "category_id": 5795,
+            "path_string": ENRICHMENT_CLASSIFIED["category"]["path_string"],
+            "confidence": 0.5,
+            "model_version": "3f2a9c",
+            "error": None,
+        },
+        {
+            "signal": "TEXT",
+            "outcome": "USED",
+            "category_id": 5795,
+            "path_string": ENRICHMENT_CLASSIFIED["category"]["path_string"],
+            "confidence": 0.875,
+            "model_version": "77aa01",
+            "error": None,
+        },
+    ],
+}
+ENRICHMENT_FROM_TEXT: dict[str, Any] = {  # 1.1.0: the image failed, the title decided
+    **ENRICHMENT_CLASSIFIED,
+    "image": ENRICHMENT_FAILED["image"],
+    "decided_by": "TEXT",
+    "signals": [
+        {
+            "signal": "IMAGE",
+            "outcome": "FAILED",
+            "category_id": None,
+            "path_string": None,
+            "confidence": None,
+            "model_version": None,
+            "error": "http 404",
+        },
+        ENRICHMENT_FUSED["signals"][1],
+    ],
+}
 RECORDS: list[tuple[str, dict[str, Any]]] = [
     (PRODUCT, PRODUCT_FULL),
     (PRODUCT, PRODUCT_MINIMAL),
     (CATEGORY_ENRICHMENT, ENRICHMENT_CLASSIFIED),
     (CATEGORY_ENRICHMENT, ENRICHMENT_FAILED),
+    (CATEGORY_ENRICHMENT, ENRICHMENT_FUSED),
+    (CATEGORY_ENRICHMENT, ENRICHMENT_FROM_TEXT),
 ]
 
 
@@ -142,6 +186,36 @@ def _walk_fields(schema: Any, where: str) -> list[tuple[str, Any]]:
         elif schema.get("type") == "array":
             found += _walk_fields(schema["items"], where)
     return found
+
+
+def _enums(schema: Any) -> dict[str, tuple[tuple[str, ...], str | None]]:
+    """Every enum in a parsed schema: its full name, symbols and default."""
+    found: dict[str, tuple[tuple[str, ...], str | None]] = {}
+    if isinstance(schema, list):
+        for branch in schema:
+            found |= _enums(branch)
+    elif isinstance(schema, dict):
+        kind = schema.get("type")
+        if kind == "enum":
+            found[schema["name"]] = (tuple(schema["symbols"]), schema.get("default"))
+        elif kind == "record":
+            for field in schema["fields"]:
+                found |= _enums(field["type"])
+        elif kind == "array":
+            found |= _enums(schema["items"])
+        elif isinstance(kind, dict | list):
+            found |= _enums(kind)
+    return found
+
+
+def _fields_of(version: SchemaVersion) -> set[str]:
+    """The top-level field names of one schema version."""
+    return {field["name"] for field in version.parsed["fields"]}
+
+
+def _as_written_by(version: SchemaVersion, record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` as a writer of ``version`` has it: without the fields that version lacks."""
+    return {key: value for key, value in record.items() if key in _fields_of(version)}
 
 
 # Every released version of a schema paired with each representative record of that schema.
@@ -235,13 +309,27 @@ class TestSingleObjectCodec:
         ("name", "record", "golden"),
         [
             (PRODUCT, PRODUCT_FULL, "product_v1.bin"),
-            (CATEGORY_ENRICHMENT, ENRICHMENT_CLASSIFIED, "category_enrichment_v1.bin"),
+            (CATEGORY_ENRICHMENT, ENRICHMENT_FUSED, "category_enrichment_v1_1.bin"),
         ],
     )
     def test_golden_bytes(self, name: str, record: dict[str, Any], golden: str) -> None:
         """The wire bytes of a fixed record never change by accident."""
         codec = SingleObjectCodec.for_schema(name)
         assert (GOLDEN_DIR / golden).read_bytes() == codec.encode(record)
+
+    def test_released_golden_bytes_still_decode(self) -> None:
+        """Bytes a 1.0.0 writer sent decode with the current codec, new fields at defaults."""
+        decoded = SingleObjectCodec.for_schema(CATEGORY_ENRICHMENT).decode(
+            (GOLDEN_DIR / "category_enrichment_v1.bin").read_bytes()
+        )
+        assert {**ENRICHMENT_CLASSIFIED, "decided_by": "UNKNOWN", "signals": []} == decoded
+
+    def test_released_golden_bytes_are_the_released_writer(self) -> None:
+        """The 1.0.0 golden bytes are exactly what the released 1.0.0 schema writes."""
+        released = next(v for v in history(CATEGORY_ENRICHMENT) if v.version == "1.0.0")
+        assert (GOLDEN_DIR / "category_enrichment_v1.bin").read_bytes() == SingleObjectCodec(
+            released
+        ).encode(ENRICHMENT_CLASSIFIED)
 
     def test_unknown_fingerprint_is_rejected(self) -> None:
         """Bytes whose fingerprint no known version has raise UnknownSchemaError naming it."""
@@ -302,8 +390,9 @@ class TestCompatibility:
         """What a released version wrote, the current codec decodes (schema resolution)."""
         old_codec = SingleObjectCodec(old)
         current = SingleObjectCodec.for_schema(name)
-        decoded = current.decode(old_codec.encode(record))
-        assert decoded["product_id"] == record["product_id"]
+        written = _as_written_by(old, record)
+        decoded = current.decode(old_codec.encode(written))
+        assert {**_with_defaults(name, written), **written} == decoded
 
     @pytest.mark.parametrize(("name", "old", "record"), HISTORY_PAIRS)
     def test_old_reads_current(self, name: str, old: SchemaVersion, record: dict[str, Any]) -> None:
@@ -311,7 +400,20 @@ class TestCompatibility:
         current = SingleObjectCodec.for_schema(name)
         old_reader = SingleObjectCodec(old, [current.schema])
         decoded = old_reader.decode(current.encode(record))
-        assert decoded["product_id"] == record["product_id"]
+        assert _as_written_by(old, _with_defaults(name, record)) == decoded
+
+    @pytest.mark.parametrize("name", SCHEMAS)
+    def test_enums_grow_only_with_a_default(self, name: str) -> None:
+        """An enum that gains symbols, or first appears, after 1.0.0 has a default symbol, so
+        a reader of an older version resolves a symbol it does not know."""
+        versions = history(name)
+        first = _enums(versions[0].parsed)
+        for older, newer in itertools.pairwise(versions):
+            before, after = _enums(older.parsed), _enums(newer.parsed)
+            for enum, (symbols, default) in after.items():
+                grew = enum not in first or set(symbols) - set(before.get(enum, ((), None))[0])
+                if grew:
+                    assert default in symbols, f"{newer.version}: {enum} grew without a default"
 
     def test_incompatible_change_is_caught(self, tmp_path: Path) -> None:
         """A version renaming a required field cannot read old records: the check bites."""

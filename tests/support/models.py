@@ -10,7 +10,7 @@ from model.classifier import save_model
 from model.taxonomy import Taxonomy
 from model.vocabulary import Vocabulary
 
-__all__ = ["tiny_model"]
+__all__ = ["TEXT_CLASSES", "tiny_model", "tiny_text_model"]
 
 
 def tiny_model(shared: Path, directory: Path, name: str) -> Path:
@@ -36,3 +36,32 @@ def tiny_model(shared: Path, directory: Path, name: str) -> Path:
         metrics={},
     )
     return directory
+
+
+TEXT_CLASSES = ("212", "187", "5598", "2668", "209", "100")
+"""Six depth-4 fashion leaves with plenty of real titles in the shared source."""
+
+
+def tiny_text_model(shared: Path, directory: Path) -> Path:
+    """Train a small text model on real fashion titles of :data:`TEXT_CLASSES` (seconds) and
+    return its model directory; it learns its training titles, which tests then send."""
+    from model.text_train import TextTrainConfig, train_text
+    from tests.support.labels import write_small_titles
+
+    directory.mkdir(parents=True, exist_ok=True)
+    titles = write_small_titles(
+        shared, directory / "titles.csv", {"train": 40, "validation": 6}, TEXT_CLASSES
+    )
+    train_text(
+        TextTrainConfig(
+            labels=(titles,),
+            taxonomy=shared / "google-product-taxonomy" / "taxonomy-with-ids.en-US.txt",
+            output=directory / "run",
+            heads="marginal",
+            epochs=8,
+            batch_size=16,
+            learning_rate=0.05,
+            verbose=0,
+        )
+    )
+    return directory / "run" / "model"

@@ -90,6 +90,15 @@ def _real_rows(shared_data: Path) -> list[dict[str, str]]:
     return [row for c in chosen[:CATEGORIES] for row in by_category[c][:PER_CATEGORY]]
 
 
+def planted_texts(index: int) -> dict[str, str]:
+    """The title, description and partner category planted on real row ``index`` (even)."""
+    return {
+        "title": f"Réal product n°{index}",
+        "description": f"<p>Description of {index}</p>",
+        "partner_category": f"Partner > Shelf {index % 3}",
+    }
+
+
 @pytest.fixture(scope="module")
 def catalog_server(shared_data: Path) -> Iterator[ImageServer]:
     """An image server for the whole module (the builds share it)."""
@@ -131,6 +140,7 @@ def catalog(
             "product_id": f"real-{index:03d}",
             "image_url": server.url_for(row["image_path"]),
             "google_category_id": row["google_category_id"],
+            **(planted_texts(index) if index % 2 == 0 else {}),  # odd rows have no text at all
         }
         for index, row in enumerate(real)
     ]

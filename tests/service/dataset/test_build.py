@@ -11,7 +11,7 @@ from model.data import load_dataset
 from service.cache import ImageCache
 from service.dataset import FAILURES, OUTCOMES, BuildReport, build_dataset
 from service.redis_store import RedisStore
-from tests.service.dataset.conftest import PLANTED, Catalog, build_config
+from tests.service.dataset.conftest import PLANTED, Catalog, build_config, planted_texts
 from tests.support.image_server import Behaviour
 
 pytestmark = pytest.mark.integration
@@ -86,6 +86,20 @@ class TestShardsAndSplits:
         assert (len(expected), 32, 32, 3) == images.shape
         real = {f"real-{i:03d}": int(r["google_category_id"]) for i, r in enumerate(catalog.real)}
         assert real == {r.product_id: r.category_id for r in rows if r.product_id in real}
+
+    def test_shards_keep_each_products_text(
+        self, built: tuple[Path, BuildReport], catalog: Catalog
+    ) -> None:
+        """Title, description and partner category go into the shards as the labels give
+        them (unicode and markup untouched), empty where the labels have none."""
+        _, rows = load_dataset(built[0], 32, progress=False)
+        stored = {r.product_id: (r.title, r.description, r.partner_category) for r in rows}
+        for index in range(len(catalog.real)):
+            planted = planted_texts(index) if index % 2 == 0 else {}
+            expected = tuple(
+                planted.get(k, "") for k in ("title", "description", "partner_category")
+            )
+            assert expected == stored[f"real-{index:03d}"]
 
     def test_split_is_roughly_70_15_15(self, built: tuple[Path, BuildReport]) -> None:
         """Each split holds its share of the kept products, within the rounding per leaf."""

@@ -1,0 +1,171 @@
+"""The service with a text model beside the image model: real Kafka, real HTTP, real titles."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.service.test_pipeline import (
+    ENRICHMENT,
+    _encode,
+    _produce,
+    _product,
+    _read,
+    _Running,
+    _settings,
+    model_dir,
+    photos,
+)
+from tests.support.image_server import Behaviour, ImageServer
+from tests.support.models import tiny_text_model
+
+__all__ = ["model_dir", "photos"]  # fixtures shared with test_pipeline
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def text_model(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small text model trained on real fashion titles of six leaves."""
+    return tiny_text_model(shared_data, tmp_path_factory.mktemp("text"))
+
+
+@pytest.fixture(scope="module")
+def titled(text_model: Path) -> list[tuple[str, int]]:
+    """(title, leaf id) of the text model's training rows, one per leaf."""
+    seen: dict[int, str] = {}
+    with (text_model.parent.parent / "titles.csv").open() as stream:
+        for row in csv.DictReader(stream):
+            if row["split"] == "train":
+                seen.setdefault(int(row["google_category_id"]), row["title"])
+    return [(title, leaf) for leaf, title in seen.items()]
+
+
+@pytest.fixture
+def topics(topic_factory: Any) -> dict[str, str]:
+    return {
+        "input": topic_factory("products", partitions=2),
+        "output": topic_factory("categories", partitions=2),
+        "dlq": topic_factory("dead-letter"),
+    }
+
+
+def _titled(product_id: str, url: str | None, title: str | None) -> dict[str, Any]:
+    return {**_product(product_id, url), "title": title}
+
+
+def _entries(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {entry["signal"]: entry for entry in record["signals"]}
+
+
+def test_every_signal_combination_gets_its_answer(
+    kafka_bootstrap: str,
+    topics: dict[str, str],
+    model_dir: Path,
+    text_model: Path,
+    titled: list[tuple[str, int]],
+    image_server: ImageServer,
+    photos: list[str],
+) -> None:
+    """Image and title fuse; a failed or missing image leaves the title to decide; without
+    usable text today's statuses stand; a broken record stays INVALID_INPUT."""
+    missing = image_server.script("gone.jpg", Behaviour(status=404))
+    photo = image_server.url_for(photos[0])
+    (title, leaf), (other_title, other_leaf) = titled[0], titled[1]
+    products = [
+        _titled("both", photo, title),
+        _titled("text-after-404", missing, title),
+        _titled("text-no-url", None, other_title),
+        _titled("nothing", missing, None),
+        _titled("punctuation", missing, "!!! ???"),
+        _titled("", photo, title),  # empty product_id: the record itself is unusable
+    ]
+    _produce(kafka_bootstrap, topics["input"], [_encode(p) for p in products])
+    settings = _settings(kafka_bootstrap, topics, model_dir, text_model_dir=text_model)
+    with _Running(settings) as running:
+        messages = _read(kafka_bootstrap, topics["output"], expected=len(products))
+        metrics = running.service.metrics
+    records = {r["product_id"]: r for r in (ENRICHMENT.decode(m.value()) for m in messages)}
+    assert len(products) == len(records)
+
+    both = records["both"]
+    assert "FUSED" == both["decided_by"]
+    assert {"IMAGE": "USED", "TEXT": "USED"} == {s: e["outcome"] for s, e in _entries(both).items()}
+    assert both["category"] is not None
+
+    after_404 = records["text-after-404"]
+    assert "TEXT" == after_404["decided_by"]
+    assert after_404["status"] in ("CLASSIFIED", "LOW_CONFIDENCE")
+    assert leaf == after_404["alternatives"][0]["id"]  # the title's own leaf is the best one
+    image_entry = _entries(after_404)["IMAGE"]
+    assert ("FAILED", "HTTP 404") == (image_entry["outcome"], image_entry["error"])
+    assert leaf == _entries(after_404)["TEXT"]["category_id"] or (
+        after_404["status"] == "LOW_CONFIDENCE"
+    )
+
+    no_url = records["text-no-url"]
+    assert "TEXT" == no_url["decided_by"]
+    assert other_leaf == no_url["alternatives"][0]["id"]
+    assert "MISSING" == _entries(no_url)["IMAGE"]["outcome"]
+
+    nothing = records["nothing"]
+    assert ("IMAGE_UNAVAILABLE", "NONE", None) == (
+        nothing["status"], nothing["decided_by"], nothing["category"]
+    )  # fmt: skip
+    assert "MISSING" == _entries(nothing)["TEXT"]["outcome"]
+
+    punctuation = records["punctuation"]
+    assert ("IMAGE_UNAVAILABLE", "NONE") == (punctuation["status"], punctuation["decided_by"])
+    assert "ABSTAINED" == _entries(punctuation)["TEXT"]["outcome"]
+
+    assert "INVALID_INPUT" == records[""]["status"]
+
+    def decided(by: str) -> float:
+        value = metrics.registry.get_sample_value("enrich_decided_total", {"by": by})
+        return value or 0.0
+
+    assert (1, 2, 2) == (decided("FUSED"), decided("TEXT"), decided("NONE"))
+
+
+def test_replay_with_a_text_model_reclassifies_from_titles(
+    kafka_bootstrap: str,
+    topics: dict[str, str],
+    model_dir: Path,
+    text_model: Path,
+    titled: list[tuple[str, int]],
+    image_server: ImageServer,
+    topic_factory: Any,
+) -> None:
+    """`enrich replay --text-model` gives products whose images are gone their titles' leaf."""
+    missing = image_server.script("gone-too.jpg", Behaviour(status=404))
+    products = [_titled(f"r{i}", missing, title) for i, (title, _) in enumerate(titled)]
+    _produce(kafka_bootstrap, topics["input"], [_encode(p) for p in products])
+    again = topic_factory("reclassified", partitions=1)
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "ENRICH_INPUT_TOPIC": topics["input"],
+        "ENRICH_DEAD_LETTER_TOPIC": topics["dlq"],
+        "ENRICH_ALLOWED_NETWORKS": "127.0.0.1/32",
+        "ENRICH_GROUP_ID": f"replay-{uuid.uuid4().hex[:6]}",
+        "ENRICH_FETCH_RETRIES": "0",
+    }
+    env.pop("REDIS_URL", None)
+    enrich = str(Path(sys.executable).parent / "enrich")
+    command = [enrich, "replay", "--model", str(model_dir), "--text-model", str(text_model),
+               "--output-topic", again, "--no-progress"]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert 0 == result.returncode, result.stderr[-3000:]
+    messages = _read(kafka_bootstrap, again, expected=len(products), timeout_s=30)
+    records = [ENRICHMENT.decode(m.value()) for m in messages]
+    assert len(products) == len(records)
+    assert {"TEXT"} == {r["decided_by"] for r in records}
+    expected = {f"r{i}": leaf for i, (_, leaf) in enumerate(titled)}
+    assert expected == {r["product_id"]: r["alternatives"][0]["id"] for r in records}
