@@ -69,6 +69,13 @@ services-down: ## Stop the local Kafka broker and Redis.
 demo: install ## The whole path end to end, nothing started: real photos, pretrained model, mock broker.
 	$(BIN)/enrich demo
 
+.PHONY: demo-text
+demo-text: install ## Retrain the demo's text model (service/demo_assets/text/) on the shared fashion titles (about 1 min).
+	$(BIN)/enrich train --text --text-features 4096 --labels $(SHARED_DATA)/fashion-products/labels.csv \
+	  --taxonomy $(SHARED_DATA)/google-product-taxonomy/taxonomy-with-ids.en-US.txt --holdout 0.1 \
+	  --name demo-text-4096 --output .run/demo-text --verbose 0
+	rm -rf service/demo_assets/text && cp -r .run/demo-text/model service/demo_assets/text
+
 .PHONY: clean
 clean: ## Remove the virtual environment and run files.
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache $(TOOLS)

@@ -86,6 +86,30 @@ def load_photos(root: Path, count: int, seed: int = 0) -> list[Photo]:
     return photos
 
 
+def service_env(
+    model_dir: Path, dead_letter_topic: str, *, redis: str | None, **settings: str
+) -> dict[str, str]:
+    """An ``enrich serve`` child's environment: this run's broker, Redis (None: no cache),
+    model and dead-letter topic, JSON logs at WARNING, and ``ENRICH_<NAME>`` for each of
+    ``settings``."""
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update(
+        KAFKA_BOOTSTRAP_SERVERS=bootstrap_servers(),
+        ENRICH_MODEL_DIR=str(model_dir),
+        ENRICH_DEAD_LETTER_TOPIC=dead_letter_topic,
+        ENRICH_ALLOWED_NETWORKS="127.0.0.0/8",
+        ENRICH_METRICS_HOST="127.0.0.1",
+        ENRICH_LOG_LEVEL="WARNING",
+        ENRICH_LOG_FORMAT="json",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONUNBUFFERED="1",
+    )
+    if redis is not None:
+        env["REDIS_URL"] = redis
+    env.update({f"ENRICH_{k.upper()}": v for k, v in settings.items()})
+    return env
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 now."""
     with socket.socket() as sock:

@@ -67,6 +67,7 @@ from bench.harness import (
     rate,
     rate_since,
     redis_url,
+    service_env,
     shared_data,
     summarize_profile,
 )
@@ -234,25 +235,10 @@ class Bench:
     # -- helpers ----------------------------------------------------------------------------
 
     def env(self, **settings: str) -> dict[str, str]:
-        """The service's environment: this run's services, model and settings."""
-        env = dict(os.environ)
-        env.update(
-            KAFKA_BOOTSTRAP_SERVERS=bootstrap_servers(),
-            REDIS_URL=redis_url(),
-            ENRICH_MODEL_DIR=str(self.model_dir),
-            ENRICH_DEAD_LETTER_TOPIC=self.dlq,
-            ENRICH_ALLOWED_NETWORKS="127.0.0.0/8",
-            ENRICH_METRICS_HOST="127.0.0.1",
-            ENRICH_LOG_LEVEL="WARNING",
-            ENRICH_LOG_FORMAT="json",
-            # The benchmark's cache entries go away by themselves.
-            ENRICH_CACHE_TTL_S="7200",
-            ENRICH_CACHE_NEGATIVE_TTL_S="7200",
-            TF_CPP_MIN_LOG_LEVEL="2",
-            PYTHONUNBUFFERED="1",
-        )
-        env.update({f"ENRICH_{k.upper()}": v for k, v in settings.items()})
-        return env
+        """The service's environment: this run's services, model and settings (the
+        benchmark's cache entries go away by themselves)."""
+        settings = {"cache_ttl_s": "7200", "cache_negative_ttl_s": "7200", **settings}
+        return service_env(self.model_dir, self.dlq, redis=redis_url(), **settings)
 
     def serve(self, name: str, source: str, target: str, group: str | None = None) -> Process:
         """Start ``enrich serve`` on ``source`` → ``target``; returns once it is ready."""

@@ -44,6 +44,7 @@ __all__ = [
     "Prediction",
     "PredictionRecord",
     "Status",
+    "abstention",
 ]
 
 Status = Literal["CLASSIFIED", "LOW_CONFIDENCE"]
@@ -159,6 +160,21 @@ class Prediction:
                 for alt in self.alternatives
             ],
         }
+
+
+def abstention(prior: Prediction) -> Prediction:
+    """The answer when there is nothing to go on: ``LOW_CONFIDENCE`` at confidence 0, the path
+    only the root of ``prior``'s leaf (at confidence 0 too), no alternatives. A confidence of
+    0 is below every threshold, so nothing downstream mistakes it for evidence."""
+    root = prior.path[0]
+    return Prediction(
+        status=LOW_CONFIDENCE,
+        category_id=root.id,
+        leaf_id=prior.leaf_id,
+        path=(PathNode(level=1, id=root.id, name=root.name, confidence=0.0),),
+        confidence=0.0,
+        alternatives=(),
+    )
 
 
 class Decoder:

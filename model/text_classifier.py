@@ -35,7 +35,7 @@ from model.classifier import (
     decode_outputs,
     read_model_directory,
 )
-from model.decode import LOW_CONFIDENCE, Decoder, PathNode, Prediction
+from model.decode import Decoder, Prediction, abstention
 from model.errors import ModelError
 from model.taxonomy import Taxonomy, TruncatedTaxonomy
 from model.text_features import SparseFeatures, TextFeaturizer, TextInput
@@ -137,15 +137,7 @@ class TextClassifier:
                 self.featurizer.dim,
             )
             prior = decode_outputs(self.decoder, self.info.heads, self.predict_raw(zero))[0]
-            root = prior.path[0]
-            self._empty = Prediction(
-                status=LOW_CONFIDENCE,
-                category_id=root.id,
-                leaf_id=prior.leaf_id,
-                path=(PathNode(level=1, id=root.id, name=root.name, confidence=0.0),),
-                confidence=0.0,
-                alternatives=(),
-            )
+            self._empty = abstention(prior)
         return self._empty
 
     def classify(self, texts: Sequence[TextInput]) -> list[Prediction]:

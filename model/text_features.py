@@ -65,6 +65,7 @@ __all__ = [
     "TextFeaturizer",
     "TextFields",
     "TextInput",
+    "as_fields",
     "normalise",
     "tokens",
 ]
@@ -112,7 +113,7 @@ TextInput = TextFields | str | None
 """What the text classifier takes per product: its fields, a title alone, or nothing."""
 
 
-def _fields(text: TextInput) -> TextFields:
+def as_fields(text: TextInput) -> TextFields:
     """``text`` as :class:`TextFields` (a string is a title); ModelError for anything else."""
     if text is None:
         return TextFields()
@@ -274,7 +275,7 @@ class TextFeaturizer:
     def vector(self, text: TextInput) -> dict[int, float]:
         """One product's features as ``{column: value}``, L2 norm 1 (empty: no text)."""
         total: dict[int, float] = {}
-        for name, value in _fields(text).items():
+        for name, value in as_fields(text).items():
             weight = float(self.field_weights.get(name, 0.0))
             if not value or weight == 0.0:
                 continue

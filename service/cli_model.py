@@ -67,6 +67,13 @@ def _option_flag(name: str) -> str:
     "partner_category) columns instead of images: no --images needed (model.text_train).",
 )
 @click.option(
+    "--text-features",
+    type=click.IntRange(min=16),
+    default=None,
+    help="--text only: the hashed feature columns (default 32768); fewer make a smaller model "
+    "(the demo's has 4096).",
+)
+@click.option(
     "--images",
     "images_root",
     multiple=True,
@@ -205,6 +212,7 @@ def _option_flag(name: str) -> str:
 def train_command(
     labels: tuple[Path, ...],
     text: bool,
+    text_features: int | None,
     images_root: tuple[Path, ...],
     dataset: Path | None,
     taxonomy_file: Path,
@@ -256,9 +264,11 @@ def train_command(
             raise click.UsageError(f"{', '.join(given)}: not used by --text training")
         if not labels:
             raise click.UsageError("--text needs --labels, a labels file with a title column")
+        from model.text_features import TextFeaturizer
         from model.text_train import TextTrainConfig, train_text
 
         configure_logging()
+        featurizer = TextFeaturizer() if text_features is None else TextFeaturizer(text_features)
         result = train_text(
             TextTrainConfig(
                 labels=labels,
@@ -277,6 +287,7 @@ def train_command(
                 seed=seed,
                 name=name if _given("name") else "catalog-text-classifier",
                 verbose=verbose,
+                featurizer=featurizer,
             )
         )
         click.echo(
@@ -285,6 +296,8 @@ def train_command(
             f"weighted score {result.best_score:.4f}; model: {result.model_dir}"
         )
         return
+    if text_features is not None:
+        raise click.UsageError("--text-features: only used by --text training")
     sources = tuple(zip(labels, images_root, strict=False))
     if dataset is not None:
         if labels or images_root:

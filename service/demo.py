@@ -43,6 +43,10 @@ log = structlog.get_logger(__name__)
 
 ASSETS = Path(__file__).resolve().parent / "demo_assets"
 HEADS_DIR = ASSETS / "heads"
+TEXT_DIR = ASSETS / "text"
+"""A small text model (4,096 hashed features) trained on the shared fashion titles: the demo's
+products with a title are classified from it too (fused with the image; alone when the image
+fails). `make demo-text` retrains it."""
 PHOTOS_DIR = ASSETS / "photos"
 SOURCES_FILE = PHOTOS_DIR / "SOURCES.md"
 PRETRAINED = "EfficientNet-Lite0 (ImageNet weights) + heads trained on the shared data"
@@ -197,6 +201,7 @@ def run_demo(
     """Start everything embedded and enrich ``products`` products showing the real photos
     with the pretrained model (or ``model_dir``)."""
     from model.classifier import Classifier
+    from model.text_classifier import TextClassifier
     from service.app import Service
 
     photos = read_sources()
@@ -211,6 +216,9 @@ def run_demo(
             description = f"the model in {model_dir}"
         classifier = Classifier.load(model_dir, top_k=3)
         description += f" ({classifier.info.name}, backbone {classifier.info.backbone})"
+        text_model = TextClassifier.load(TEXT_DIR, top_k=3) if TEXT_DIR.is_dir() else None
+        if text_model is not None:
+            description += f"; titles: {text_model.info.name}"
         depth = classifier.info.depth
         holder, bootstrap = _mock_cluster()
         served: dict[str, bytes] = {}
@@ -233,7 +241,7 @@ def run_demo(
             batch_max_size=32, batch_max_wait_ms=10, shutdown_deadline_s=10,
         )  # fmt: skip
         with Service(settings, classifier=classifier, store=MemoryStore(max_entries=10_000),
-                     http=True) as service:  # fmt: skip
+                     http=True, text_model=text_model) as service:  # fmt: skip
             runner, port = service.loop.call(_ImageHost(served).start())
             base = f"http://127.0.0.1:{port}"
             sent = _produce_catalog(settings, base, urls)
@@ -271,6 +279,7 @@ def run_demo(
             {
                 "product_id": r["product_id"],
                 "status": r["status"],
+                "decided_by": r["decided_by"],
                 "category": r["category"]["path_string"] if r["category"] else "",
                 "confidence": r["category"]["path"][-1]["confidence"] if r["category"] else None,
                 "photo": real.file if real is not None else "",
@@ -310,9 +319,9 @@ def _produce_catalog(settings: Settings, base: str, photos: list[str]) -> dict[s
     producer = confluent_kafka.Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
     now = dt.datetime.now(tz=dt.UTC)
 
-    def send(product_id: str, url: str | None) -> None:
+    def send(product_id: str, url: str | None, title: str | None = None) -> None:
         record: dict[str, Any] = {
-            "product_id": product_id, "partner_id": "demo-partner", "title": None,
+            "product_id": product_id, "partner_id": "demo-partner", "title": title,
             "description": None, "image_url": url, "additional_image_urls": [],
             "partner_category": None, "updated_at": now,
         }  # fmt: skip
@@ -324,13 +333,15 @@ def _produce_catalog(settings: Settings, base: str, photos: list[str]) -> dict[s
     send("broken-missing-image", None)
     send("broken-404", f"{base}/photos/gone.jpg")
     send("broken-not-an-image", f"{base}/")
+    # Its image is gone too, but its title is not: the text model answers (decided_by TEXT).
+    send("broken-404-titled", f"{base}/photos/gone-too.jpg", "Women Printed Cotton Kurta")
     producer.produce(settings.input_topic, key=b"broken-not-avro", value=b'{"json": true}')
     producer.produce(settings.input_topic, key=b"product-0", value=None)  # a deletion
     if producer.flush(30):
         raise EnrichError("the demo could not write its catalog to the mock broker")
-    # Outputs: every product, the three broken ones and the tombstone (the bad record is
+    # Outputs: every product, the four broken ones and the tombstone (the bad record is
     # dead-lettered instead).
-    return {"products": len(photos) + 5, "outputs": len(photos) + 4}
+    return {"products": len(photos) + 6, "outputs": len(photos) + 5}
 
 
 def _read_outputs(settings: Settings, *, expected: int, timeout_s: float) -> list[bytes | None]:
@@ -366,7 +377,7 @@ def format_table(result: DemoResult, limit: int = 40) -> str:
         "GENERATED: the catalog around the photos and the broken products; the broker is "
         "librdkafka's mock cluster, the cache is in-process, the image server is local.",
         "",
-        f"{'product':<20} {'photo (real)':<25} {'status':<17} {'conf':>4}  "
+        f"{'product':<20} {'photo (real)':<25} {'status':<17} {'by':<6} {'conf':>4}  "
         f"{'true label (depth ' + str(result.depth) + ')':<25} {'ok':<3} predicted / reason",
     ]
     shown = [r for r in result.rows if r["product_id"].startswith("broken")]
@@ -377,7 +388,8 @@ def format_table(result: DemoResult, limit: int = 40) -> str:
         mark = {True: "yes", False: "NO", None: ""}[row["correct"]]
         detail = row["category"] or row["error"]
         lines.append(
-            f"{row['product_id']:<20} {row['photo']:<25} {row['status']:<17} {confidence:>4}  "
+            f"{row['product_id']:<20} {row['photo']:<25} {row['status']:<17} "
+            f"{row['decided_by']:<6} {confidence:>4}  "
             f"{row['truth']:<25} {mark:<3} {detail}"
         )
     lines += [

@@ -182,3 +182,29 @@ def test_evaluate_an_image_model_still_needs_images_and_values(
     )
     assert 2 == result.exit_code
     assert f"Missing option '{missing}'" in result.output
+
+
+def test_text_features_sets_the_feature_count(
+    titles: Path, taxonomy_file: Path, tmp_path: Path
+) -> None:
+    """`train --text --text-features 64` exports a model that takes 64 features."""
+    result = _invoke(
+        ["train", "--text", "--text-features", "64", "--labels", str(titles), "--taxonomy",
+         str(taxonomy_file), "--output", str(tmp_path), "--epochs", "1", "--verbose", "0"]
+    )  # fmt: skip
+    assert 0 == result.exit_code, result.output
+    metadata = json.loads((tmp_path / "model" / METADATA_FILE).read_text())
+    assert 64 == metadata["input_size"]
+    assert 64 == metadata["text_features"]["dim"]
+
+
+def test_text_features_without_text_is_a_usage_error(
+    titles: Path, taxonomy_file: Path, tmp_path: Path
+) -> None:
+    """--text-features is refused for image training, which has no text features."""
+    result = _invoke(
+        ["train", "--text-features", "64", "--labels", str(titles), "--images", ".",
+         "--taxonomy", str(taxonomy_file), "--output", str(tmp_path)]
+    )  # fmt: skip
+    assert 2 == result.exit_code
+    assert "--text-features: only used by --text" in result.output

@@ -34,13 +34,14 @@ def test_demo_enriches_every_product_and_prints_json() -> None:
                                 catch_exceptions=False)  # fmt: skip
     assert 0 == result.exit_code, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])
-    assert 65 == summary["products"]
-    assert 64 == summary["outputs"]
+    assert 66 == summary["products"]
+    assert 65 == summary["outputs"]
     assert 1 == summary["dead_lettered"]
     assert {"IMAGE_INVALID": 1, "IMAGE_UNAVAILABLE": 1, "INVALID_INPUT": 1, "TOMBSTONE": 1} == {
         k: v for k, v in summary["by_status"].items() if k not in ("CLASSIFIED", "LOW_CONFIDENCE")
     }
-    assert 60 == summary["by_status"].get("CLASSIFIED", 0) + summary["by_status"].get(
+    # The 60 photos and the titled product whose image is gone (classified from its title).
+    assert 61 == summary["by_status"].get("CLASSIFIED", 0) + summary["by_status"].get(
         "LOW_CONFIDENCE", 0
     )
     assert summary["model"].startswith("EfficientNet-Lite0 (ImageNet weights)")
@@ -68,6 +69,11 @@ def test_demo_with_model_dir_prints_the_table_with_true_labels(tmp_path: Path) -
     assert f"{correct} of 30 real photos classified correctly at depth 4" in result.output
     for status in ("IMAGE_INVALID", "IMAGE_UNAVAILABLE", "INVALID_INPUT", "TOMBSTONE"):
         assert status in result.output
+    # The product whose image is gone but whose title is there: classified, by the TEXT.
+    [titled] = [line for line in result.output.splitlines() if line.startswith("broken-404-t")]
+    _, status, decided_by, *_ = titled.split()  # no photo column for a broken product
+    assert status in ("CLASSIFIED", "LOW_CONFIDENCE")
+    assert "TEXT" == decided_by
 
 
 def test_without_the_pretrained_extra_the_demo_says_what_to_install(
