@@ -291,6 +291,29 @@ class TestSmallTaxonomy:
         text = TextFields(title="Cotton shirt", description=" ".join(["cookware pans"] * 200))
         assert 3 == _one(classifier, text).leaf_id
 
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "<b>Cotton</b> <i>shirt</i>",
+            "Cotton shirt <script>cookware('pans')</script> &amp; <!-- cookware -->",
+            TextFields(title="<p>Cotton <em>shirt</em></p>", description="<div></div>"),
+        ],
+    )
+    def test_markup_is_not_read_as_words(self, classifier: ZeroShotClassifier, text: Any) -> None:
+        """HTML tags, scripts, comments and entities in a title are dropped, not matched."""
+        assert 3 == _one(classifier, text).leaf_id
+
+    def test_a_non_latin_title_abstains_cleanly(self, classifier: ZeroShotClassifier) -> None:
+        """Cyrillic and Japanese words match no English category name: the abstention, no
+        error and no guess."""
+        assert _one(classifier, None) == _one(classifier, "Хлопковая рубашка 綿のシャツ")
+
+    def test_a_huge_title_is_bounded(self, classifier: ZeroShotClassifier) -> None:
+        """A title of a million characters is cut, not refused: one prediction, read from its
+        first words."""
+        predictions = classifier.classify(["Cotton shirt " + "x" * 1_000_000, "Casio Watch"])
+        assert [3, 13] == [p.leaf_id for p in predictions]
+
     def test_batch_keeps_order_and_length(self, classifier: ZeroShotClassifier) -> None:
         """A batch with an empty text in it gives one prediction per text, in order."""
         predictions = classifier.classify(["Puma Shoes", None, "Casio Watch"])

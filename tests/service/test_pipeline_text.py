@@ -86,6 +86,10 @@ def test_every_signal_combination_gets_its_answer(
         _titled("nothing", missing, None),
         _titled("punctuation", missing, "!!! ???"),
         _titled("", photo, title),  # empty product_id: the record itself is unusable
+        # Hostile titles: each still gets a record with a clear status.
+        _titled("html", missing, f"<p><b>{title}</b></p><script>alert(1)</script>"),
+        _titled("non-latin", missing, "Хлопковая рубашка 綿のシャツ"),
+        _titled("huge", missing, title + " x" * 200_000),
     ]
     _produce(kafka_bootstrap, topics["input"], [_encode(p) for p in products])
     settings = _settings(kafka_bootstrap, topics, model_dir, text_model_dir=text_model)
@@ -127,11 +131,21 @@ def test_every_signal_combination_gets_its_answer(
 
     assert "INVALID_INPUT" == records[""]["status"]
 
+    assert leaf == records["html"]["alternatives"][0]["id"]  # the markup is not read as words
+    for product_id in ("non-latin", "huge"):
+        hostile = records[product_id]
+        assert hostile["status"] in ("CLASSIFIED", "LOW_CONFIDENCE", "IMAGE_UNAVAILABLE")
+        assert hostile["decided_by"] in ("TEXT", "NONE")
+        assert (hostile["category"] is None) == (hostile["decided_by"] == "NONE")
+
     def decided(by: str) -> float:
         value = metrics.registry.get_sample_value("enrich_decided_total", {"by": by})
         return value or 0.0
 
-    assert (1, 2, 2) == (decided("FUSED"), decided("TEXT"), decided("NONE"))
+    assert 1 == decided("FUSED")
+    assert decided("TEXT") >= 3  # after the 404, without a URL, through the markup
+    assert decided("NONE") >= 2  # no text, and punctuation only
+    assert len(products) - 1 == sum(decided(by) for by in ("FUSED", "TEXT", "NONE", "IMAGE"))
 
 
 def test_replay_with_a_text_model_reclassifies_from_titles(
