@@ -29,12 +29,13 @@ from model.classifier import Classifier
 from model.fusion import FusionSettings, LateFusion
 from model.text_classifier import TextClassifier
 from model.text_features import TextFields
+from model.zero_shot import DEFAULT_THRESHOLD, ZeroShotClassifier
 from service.batcher import InferenceBatcher
 from service.cache import ImageCache, KeyValueStore
 from service.config import Settings
 from service.contract import SingleObjectCodec
 from service.crashloop import CrashLoopGuard
-from service.enrich import TextSignal, image_scores, text_scores
+from service.enrich import TextSignal, ZeroShotSignal, image_scores, text_scores
 from service.errors import ConfigError, KafkaError
 from service.fetch.fetcher import ImageFetcher
 from service.http import start_http
@@ -124,6 +125,7 @@ class Service:
             )
         self.classifier = classifier
         self.text = self._text_signal(settings, classifier, text_model)
+        self.zero_shot = self._zero_shot_signal(settings, classifier)
         self.metrics = Metrics()
         self.group_id = group_id or settings.group_id
         if store is None and settings.redis_url:
@@ -189,6 +191,22 @@ class Service:
                  fused_leaves=len(fusion.vocabulary.leaves))  # fmt: skip
         return TextSignal(text_model, fusion, max_size=settings.batch_max_size)
 
+    @staticmethod
+    def _zero_shot_signal(settings: Settings, classifier: Classifier) -> ZeroShotSignal | None:
+        """The zero-shot fallback (ENRICH_ZERO_SHOT) on ENRICH_TAXONOMY cut at the image
+        model's depth, or None."""
+        if not settings.zero_shot:
+            return None
+        if settings.taxonomy is None:
+            raise ConfigError("ENRICH_ZERO_SHOT needs ENRICH_TAXONOMY, Google's taxonomy file")
+        zero_shot = ZeroShotClassifier.from_taxonomy(
+            settings.taxonomy, depth=classifier.info.depth,
+            threshold=settings.confidence_threshold or DEFAULT_THRESHOLD, top_k=settings.top_k,
+        )  # fmt: skip
+        log.info("zero_shot_loaded", leaves=len(zero_shot.decoder.leaves),
+                 version=zero_shot.version)  # fmt: skip
+        return ZeroShotSignal(zero_shot, max_size=settings.batch_max_size)
+
     def _on_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)
         self.metrics.inference_latency.observe(seconds)
@@ -210,6 +228,8 @@ class Service:
         self.batcher.start()
         if self.text is not None:
             self.text.start()
+        if self.zero_shot is not None:
+            self.zero_shot.start()
         if self.http:
             self._runner, self.http_port = self.loop.call(
                 start_http(
@@ -253,6 +273,8 @@ class Service:
         self.batcher.close()
         if self.text is not None:
             self.text.close()
+        if self.zero_shot is not None:
+            self.zero_shot.close()
         self.loop.call(self.fetcher.__aexit__(None, None, None))
         self.loop.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -314,6 +336,7 @@ class Service:
             limits=self._topic_limits(kafka, producer_config, options),
             guard=CrashLoopGuard(settings.crash_loop_restarts, slack=options.consume_batch),
             text=self.text,
+            zero_shot=self.zero_shot,
         )
 
     def _topic_limits(

@@ -75,6 +75,14 @@ class Settings(BaseSettings):
         "from title, description and partner category too; fused with the image when both "
         "answer, alone when the image fails or is missing.",
     )
+    zero_shot: bool = Field(
+        default=False,
+        description="A product no model could classify (its image failed or is missing and "
+        "no text model answered) but with a title, description or partner category is "
+        "classified zero-shot over every category of the taxonomy (model.zero_shot): needs "
+        "ENRICH_TAXONOMY, Google's full taxonomy file. It stops at an ancestor below "
+        "ENRICH_CONFIDENCE_THRESHOLD, or below 0.5 when that is 0.",
+    )
     fusion_text_weight: float = Field(
         default=1.0,
         ge=0.0,

@@ -32,12 +32,20 @@ from model.decode import Prediction
 from model.fusion import LateFusion, Scored, scored_outputs
 from model.text_classifier import TextClassifier
 from model.text_features import TextFields
+from model.zero_shot import ZeroShotClassifier
 from service.batcher import InferenceBatcher
 from service.images import ImageStage
 from service.metrics import Metrics
 from service.records import Decision, Product, Status, enrichment, signal_entry
 
-__all__ = ["ProductEnricher", "TextSignal", "Verdict", "image_scores", "text_scores"]
+__all__ = [
+    "ProductEnricher",
+    "TextSignal",
+    "Verdict",
+    "ZeroShotSignal",
+    "image_scores",
+    "text_scores",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -103,6 +111,32 @@ class TextSignal:
         return self.fusion.decide([image], [text])[0]
 
 
+class ZeroShotSignal:
+    """The last resort for a product no model classified: its text scored zero-shot against
+    every category of the taxonomy, in an inference thread of its own."""
+
+    def __init__(self, classifier: ZeroShotClassifier, *, max_size: int = 64) -> None:
+        """Wrap a zero-shot classifier built on the image model's taxonomy and depth."""
+        self.classifier = classifier
+        self.version = f"zero-shot-{classifier.version}"
+        self.batcher: InferenceBatcher[Prediction] = InferenceBatcher(
+            classifier.classify, max_size=max_size, max_wait_s=0.005
+        )
+
+    def start(self) -> None:
+        """Start the zero-shot thread."""
+        self.batcher.start()
+
+    def close(self) -> None:
+        """Finish queued texts and stop the thread."""
+        self.batcher.close()
+
+    async def classify(self, text: TextFields) -> Prediction | None:
+        """The zero-shot answer, or None when no word of the text matched a category."""
+        prediction = await self.batcher.classify(text)
+        return prediction if prediction.confidence > 0.0 else None
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What a product's record says: status, category, who decided, each signal's entry."""
@@ -124,18 +158,21 @@ class ProductEnricher:
         model_record: Mapping[str, Any],
         metrics: Metrics,
         text: TextSignal | None = None,
+        zero_shot: ZeroShotSignal | None = None,
     ) -> None:
         """``batcher`` answers images with predictions, or with :class:`Scored` when ``text``
-        is given (fusion needs the image's leaf distribution)."""
+        is given (fusion needs the image's leaf distribution); ``zero_shot`` answers what
+        nothing else did."""
         self.images = images
         self.batcher = batcher
         self.model_record = dict(model_record)
         self.metrics = metrics
         self.text = text
+        self.zero_shot = zero_shot
 
     def uses_text(self, product: Product) -> bool:
         """Whether this product's text will be classified."""
-        return self.text is not None and product.has_text
+        return (self.text is not None or self.zero_shot is not None) and product.has_text
 
     async def enrich(
         self, product: Product, source: tuple[str, int, int]
@@ -160,6 +197,8 @@ class ProductEnricher:
                 image_answer = await self.batcher.classify(outcome.pixels)
         text_answer = await text_task if text_task is not None else None
         verdict = self.decide(product, image_answer, image_status, image_error, text_answer)
+        if verdict.decided_by == "NONE" and self.zero_shot is not None and product.has_text:
+            verdict = self._zero_shot(verdict, await self.zero_shot.classify(product.text))
         self.metrics.decided.labels(verdict.decided_by).inc()
         record = enrichment(
             product, status=verdict.status, model=self.model_record, source=source,
@@ -208,3 +247,15 @@ class ProductEnricher:
         if text is not None:
             return Verdict(text.prediction.status, text.prediction, "TEXT", signals)
         return Verdict(image_status, None, "NONE", signals, error=image_error)
+
+    def _zero_shot(self, verdict: Verdict, prediction: Prediction | None) -> Verdict:
+        """The zero-shot answer in place of no answer (its own ``signals`` entry, TEXT)."""
+        assert self.zero_shot is not None
+        version = self.zero_shot.version
+        if prediction is None:
+            entry = signal_entry("TEXT", "ABSTAINED", model_version=version,
+                                 error="zero-shot: no word matched a category")  # fmt: skip
+            return Verdict(verdict.status, None, "NONE", [*verdict.signals, entry],
+                           verdict.error)  # fmt: skip
+        entry = signal_entry("TEXT", "USED", prediction=prediction, model_version=version)
+        return Verdict(prediction.status, prediction, "TEXT", [*verdict.signals, entry])

@@ -40,7 +40,7 @@ from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 from service.batcher import InferenceBatcher
 from service.contract import Codec
 from service.crashloop import CrashLoopGuard
-from service.enrich import ProductEnricher, TextSignal
+from service.enrich import ProductEnricher, TextSignal, ZeroShotSignal
 from service.errors import EnrichError, KafkaError, SerializationError
 from service.held import HeldMessages
 from service.images import ImageStage
@@ -124,12 +124,14 @@ class EnrichmentService:
         limits: TopicLimits | None = None,
         guard: CrashLoopGuard | None = None,
         text: TextSignal | None = None,
+        zero_shot: ZeroShotSignal | None = None,
     ) -> None:
         """Wire the parts; nothing talks to the network until :meth:`run`.
 
         ``limits``: the largest record each topic takes (read from the broker by the app);
         ``guard``: the crash-loop guard (:mod:`service.crashloop`); ``text``: the text model
-        and its fusion with the image model (:mod:`service.enrich`), when one is loaded.
+        and its fusion with the image model (:mod:`service.enrich`), when one is loaded;
+        ``zero_shot``: the last resort for products nothing else classified.
         """
         self.options = options
         self.consumer = consumer
@@ -140,7 +142,7 @@ class EnrichmentService:
         self.loop = loop
         self.model_record = dict(model_record)
         self.metrics = metrics
-        self.enricher = ProductEnricher(images, batcher, model_record, metrics, text)
+        self.enricher = ProductEnricher(images, batcher, model_record, metrics, text, zero_shot)
         self.outputs = OutputBuilder(
             output_topic=options.output_topic, dead_letter_topic=options.dead_letter_topic,
             codec=enrichment_codec, limits=limits or TopicLimits(),

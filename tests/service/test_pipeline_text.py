@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from service.app import Service
+from service.errors import ConfigError
 from tests.service.test_pipeline import (
     ENRICHMENT,
     _encode,
@@ -183,3 +185,49 @@ def test_replay_with_a_text_model_reclassifies_from_titles(
     assert {"TEXT"} == {r["decided_by"] for r in records}
     expected = {f"r{i}": leaf for i, (_, leaf) in enumerate(titled)}
     assert expected == {r["product_id"]: r["alternatives"][0]["id"] for r in records}
+
+
+def test_zero_shot_answers_what_no_model_could(
+    kafka_bootstrap: str,
+    topics: dict[str, str],
+    model_dir: Path,
+    taxonomy_file: Path,
+    image_server: ImageServer,
+    photos: list[str],
+) -> None:
+    """With ENRICH_ZERO_SHOT and no text model, a product whose image fails is classified
+    from its title over the whole taxonomy; a title matching nothing leaves today's status;
+    a product whose image answers is the image's alone."""
+    missing = image_server.script("gone-zero.jpg", Behaviour(status=404))
+    products = [
+        _titled("puzzle", missing, "Kids wooden puzzle"),
+        _titled("nonsense", missing, "Zorblax Quintessa 3000"),
+        _titled("photo", image_server.url_for(photos[0]), "Kids wooden puzzle"),
+    ]
+    _produce(kafka_bootstrap, topics["input"], [_encode(p) for p in products])
+    settings = _settings(kafka_bootstrap, topics, model_dir, zero_shot=True,
+                         taxonomy=taxonomy_file)  # fmt: skip
+    with _Running(settings):
+        messages = _read(kafka_bootstrap, topics["output"], expected=len(products))
+    records = {r["product_id"]: r for r in (ENRICHMENT.decode(m.value()) for m in messages)}
+
+    puzzle = records["puzzle"]
+    assert ("TEXT", "CLASSIFIED") == (puzzle["decided_by"], puzzle["status"])
+    assert puzzle["category"]["path_string"].startswith("Toys & Games > Puzzles")
+    assert _entries(puzzle)["TEXT"]["model_version"].startswith("zero-shot-")
+
+    nonsense = records["nonsense"]
+    assert ("NONE", "IMAGE_UNAVAILABLE") == (nonsense["decided_by"], nonsense["status"])
+    assert "ABSTAINED" == _entries(nonsense)["TEXT"]["outcome"]
+
+    assert "IMAGE" == records["photo"]["decided_by"]
+    assert "TEXT" not in _entries(records["photo"])
+
+
+def test_zero_shot_without_a_taxonomy_is_a_clear_error(
+    kafka_bootstrap: str, topics: dict[str, str], model_dir: Path
+) -> None:
+    """ENRICH_ZERO_SHOT without ENRICH_TAXONOMY stops at start with a ConfigError saying so."""
+    settings = _settings(kafka_bootstrap, topics, model_dir, zero_shot=True)
+    with pytest.raises(ConfigError, match="ENRICH_TAXONOMY"):
+        Service(settings)
