@@ -110,10 +110,15 @@ quality-scratch: install ## The from-scratch baseline (MobileNetV3-Small, no pre
 	bench/quality_run.sh docs/results/scratch
 
 .PHONY: bench
-bench: install ## Service benchmarks on real Kafka + Redis (about 27 min): docs/performance.md.
+bench: install ## Service benchmarks on real Kafka + Redis (about 35 min): docs/performance.md, docs/results/frontier/.
 	deploy/local/with-services.sh $(BIN)/python -m bench.service_bench $(BENCH_ARGS)
 	deploy/local/with-services.sh $(BIN)/python -m bench.hol_latency
 	$(BIN)/python -m bench.dataset_bench
+	deploy/local/with-services.sh $(BIN)/python -m bench.frontier
+
+.PHONY: frontier
+frontier: install ## Accuracy against end-to-end products/s for Lite0 128/160/224 and Lite1 240 under Keras, LiteRT float and int8 (about 7 min with models cached, 20 cold): docs/results/frontier/.
+	deploy/local/with-services.sh $(BIN)/python -m bench.frontier $(BENCH_ARGS)
 
 .PHONY: bench-quick
 bench-quick: install ## The same figures on smaller inputs (under 5 min): bench/results/ only.
