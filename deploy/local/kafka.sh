@@ -141,7 +141,12 @@ start() {
     mkdir -p "$RUN"
     : >"$LOG"
     write_config
-    cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+    # A random base64url UUID; one starting with "-" would be read as an option by the
+    # storage tool (about 1 start in 64), so draw again.
+    cluster_id="-"
+    while [[ "$cluster_id" == -* ]]; do
+      cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+    done
     "$JAVA" -Xmx256m -Dkafka.log.level=WARN "${jvm_log[@]}" -cp "$LIB/*" kafka.tools.StorageTool format \
       --config "$RUN/server.properties" --cluster-id "$cluster_id" >>"$LOG" 2>&1 \
       || { tail -n 30 "$LOG" >&2; die "formatting KRaft storage failed (log: $LOG)"; }
