@@ -7,10 +7,20 @@ from typing import Any
 
 from model.open_set import OpenSetSettings
 
-__all__ = ["CALIBRATED", "OUTCOMES", "RULE", "TEXT_ALONE", "ZERO_SHOT", "describe", "markdown"]
+__all__ = [
+    "CALIBRATED",
+    "OUTCOMES",
+    "RULE",
+    "SECOND_RULE",
+    "TEXT_ALONE",
+    "ZERO_SHOT",
+    "describe",
+    "markdown",
+]
 
 RULE = "open-set rule, pre-registered (defaults)"
 CALIBRATED = "open-set rule, calibrated on the pseudo open set"
+SECOND_RULE = "open-set rule, second protocol"
 TEXT_ALONE = "text model alone, threshold 0.5"
 ZERO_SHOT = "zero-shot alone, threshold 0.5"
 
@@ -19,10 +29,13 @@ OUTCOMES = ("right", "honest_on_path", "honest_off_path", "confident_wrong")
 
 def describe(settings: OpenSetSettings) -> str:
     """The settings that differ between grid points, in words."""
-    return (
+    words = (
         f"text_threshold {settings.text_threshold:g}, zero_shot_ancestors "
         f"{settings.zero_shot_ancestors}"
     )
+    if settings.zero_shot_unknown_below:
+        words += ", zero_shot_unknown_below True"
+    return words
 
 
 def _cell(value: Any) -> str:
@@ -48,7 +61,7 @@ def _table(results: list[dict[str, Any]]) -> list[str]:
         f = result["figures"]
         name = (
             f"**{result['method']}**"
-            if result["method"] in (RULE, CALIBRATED)
+            if result["method"] in (RULE, CALIBRATED, SECOND_RULE)
             else result["method"]
         )
         cells = [
@@ -97,6 +110,50 @@ def _grid_table(grid: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _fresh(report: dict[str, Any]) -> list[str]:
+    """Section (d): the second protocol's fresh held-out groups, pooled and per group."""
+    fresh = report["fresh"]
+    pooled = fresh["pooled"]
+    lines = [
+        "## (d) Fresh held-out leaves: the second protocol's test "
+        f"({next(iter(pooled.values()))['products']:,} products)",
+        "",
+        "Each group is denied to a text model of its own (trained on the whole labels file "
+        "without it); its leaves' validation products had never been answered before the "
+        "second protocol was fixed. Pooled over the groups:",
+        "",
+    ]
+    lines += _table([{"method": m, "figures": f} for m, f in pooled.items()])
+    for group in fresh["groups"]:
+        ranks = group["ranks"]
+        lines += [
+            "",
+            f"### Leaves ranked {ranks[0]}-{ranks[1]} (the text model knows "
+            f"{group['text_leaves']} leaves)",
+            "",
+            "| leaf | validation products | second protocol: right / honest on path / honest "
+            "off path / confident wrong | its confident wrong answers |",
+            "| --- | --- | --- | --- |",
+        ]
+        for leaf in group["per_leaf"]:
+            counts = " / ".join(str(leaf[kind]) for kind in OUTCOMES)
+            wrong = ", ".join(f"{name} {n}" for name, n in leaf["wrong_answers"].items())
+            lines.append(f"| {leaf['leaf']} | {leaf['products']} | {counts} | {wrong or '-'} |")
+        lines += [""]
+        lines += _table([{"method": m, "figures": f} for m, f in group["results"].items()])
+        cost = group["seen"]
+        lines += [
+            "",
+            "Its cost on the other leaves' validation products "
+            f"({cost[SECOND_RULE]['products']:,}): right {cost[SECOND_RULE]['right']:.4f} with "
+            f"the second protocol's rule, {cost[TEXT_ALONE]['right']:.4f} for the text model "
+            f"alone (threshold 0.5); confident wrong {cost[SECOND_RULE]['confident_wrong']:.4f} "
+            f"and {cost[TEXT_ALONE]['confident_wrong']:.4f}.",
+        ]
+    lines.append("")
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The results page."""
     target = report["target"]
@@ -120,6 +177,12 @@ def markdown(report: dict[str, Any]) -> str:
         f"**{target['calibrated']:.4f}, {'met' if target['met_calibrated'] else 'not met'}**. "
         "No held-out product was used to choose it, but it was chosen *after* the "
         "pre-registered figure was seen, so it is the weaker evidence.",
+        f"- **Second protocol** ({describe(OpenSetSettings(**report['second']))}, fixed by "
+        "reasoning after the first protocol's figures and diagnosis had been seen, before it "
+        f"was measured): **{target['second']:.4f}** on these held-out leaves (not a clean "
+        "test: their failures suggested its rule 2b) and, its clean test, "
+        f"**{target['second_fresh']:.4f} on fresh held-out leaves, "
+        f"{'met' if target['met_second_fresh'] else 'not met'}** (section (d)).",
         "- For comparison, the zero-shot classifier alone: "
         f"{_figure(report, 'held_out_validation', ZERO_SHOT)} on (a), but only "
         f"{_figure(report, 'seen_validation', ZERO_SHOT, 'right')} of the seen leaves' "
@@ -131,10 +194,9 @@ def markdown(report: dict[str, Any]) -> str:
         "zero-shot classifier often stops at the right parent (`Handbags, Wallets & Cases` for "
         "a wallet, `Underwear & Socks` for socks) while the text model names, fairly "
         "confidently, the one sibling it knows (`Handbags`) or an unrelated leaf; the rule "
-        "reads a zero-shot stop at an ancestor *on* the text model's path as agreement. A "
-        "candidate for a next, separately pre-registered test (not tried here): treat the "
-        "zero-shot's best leaf under such a confident parent, when the text model does not "
-        "know it, as a contradiction.",
+        "reads a zero-shot stop at an ancestor *on* the text model's path as agreement. The "
+        "second protocol's rule 2b treats the zero-shot's best leaf under such a confident "
+        "stop, when the text model does not know it, as a contradiction.",
         "",
         "## Protocol",
         "",
@@ -170,6 +232,10 @@ def markdown(report: dict[str, Any]) -> str:
         "`zero_shot_threshold` off that path): their deepest common ancestor, `LOW_CONFIDENCE`;",
         "3. the text model's leaf confidence is below `text_threshold`: its deepest ancestor "
         "that clears it, `LOW_CONFIDENCE`;",
+        "2b. (second protocol, `zero_shot_unknown_below`) **unknown below**: the zero-shot "
+        "classifier stops at an ancestor at >= `zero_shot_threshold` and its best leaf is one "
+        "the text model cannot name (and not the text model's own): the deepest common "
+        "ancestor of that stop and the text model's path, `LOW_CONFIDENCE`;",
         "4. else the text model's leaf.",
         "",
         f"**Pre-registered settings**: {describe(OpenSetSettings(**pre))}, "
@@ -207,7 +273,7 @@ def markdown(report: dict[str, Any]) -> str:
     for name, results in report["results"].items():
         lines += [f"## {_TITLES[name]} ({report['sets'][name]:,} products)", ""]
         lines += _table(results)
-        for result in results[:2]:
+        for result in results[:3]:
             reasons = result.get("reasons", {})
             lines += [
                 "",
@@ -216,6 +282,7 @@ def markdown(report: dict[str, Any]) -> str:
                 + ".",
             ]
         lines.append("")
+    lines += _fresh(report)
     lines += [
         "## Where the held-out products go wrong (diagnosis only)",
         "",
@@ -223,17 +290,22 @@ def markdown(report: dict[str, Any]) -> str:
         "path / confident wrong) and the most frequent confident wrong answers. Nothing was "
         "chosen from this table.",
         "",
-        "| held-out leaf | products | pre-registered | calibrated | confident wrong answers "
-        "(pre-registered) |",
-        "| --- | --- | --- | --- | --- |",
+        "| held-out leaf | products | pre-registered | calibrated | second protocol "
+        "| confident wrong answers (pre-registered) |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
-    pre_rows, cal_rows = (report["per_held_out_leaf"][m] for m in (RULE, CALIBRATED))
-    for pre_leaf, cal_leaf in zip(pre_rows, cal_rows, strict=True):
-        counts = [" / ".join(str(row[kind]) for kind in OUTCOMES) for row in (pre_leaf, cal_leaf)]
+    per_leaf = report["per_held_out_leaf"]
+    for pre_leaf, cal_leaf, second_leaf in zip(
+        per_leaf[RULE], per_leaf[CALIBRATED], per_leaf[SECOND_RULE], strict=True
+    ):
+        counts = [
+            " / ".join(str(row[kind]) for kind in OUTCOMES)
+            for row in (pre_leaf, cal_leaf, second_leaf)
+        ]
         wrong = ", ".join(f"{name} {n}" for name, n in pre_leaf["wrong_answers"].items())
         lines.append(
             f"| {pre_leaf['leaf']} | {pre_leaf['products']} | {counts[0]} | {counts[1]} "
-            f"| {wrong or '-'} |"
+            f"| {counts[2]} | {wrong or '-'} |"
         )
     lines.append("")
     lines += ["| method | what it is |", "| --- | --- |"]

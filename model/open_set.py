@@ -22,6 +22,14 @@ product, in this order (the first rule that applies decides):
    zero-shot abstention to an ancestor that clears ``zero_shot_threshold`` and lies off the
    text model's path contradicts it too. With ``text_override`` set, a text leaf at that
    confidence or more is answered instead (off by default).
+2b. **Unknown below** (``zero_shot_unknown_below``, off by default; added in the second
+   protocol, see ``bench/open_set.py``). The zero-shot classifier stops at an ancestor that
+   clears ``zero_shot_threshold`` and its best leaf under it is one the text model cannot
+   name (and not the text model's own leaf): the product may well belong to a category the
+   text model never learnt beside the one it names ("Wallets & Money Clips" under "Handbags,
+   Wallets & Cases" while the text model only knows "Handbags"), so the text model's leaf is
+   not given. The answer is the deepest common ancestor of that ancestor and the text
+   model's path, ``LOW_CONFIDENCE`` (``decided_by`` ``BOTH``).
 3. **Unsure text.** The text model's leaf confidence is below ``text_threshold``: the
    deepest node of its path whose confidence clears the threshold (the root when none
    does), ``LOW_CONFIDENCE``, exactly as :class:`~model.decode.Decoder` abstains
@@ -71,7 +79,9 @@ __all__ = [
     "cut_at",
 ]
 
-Reason = Literal["TEXT", "TEXT_LOW_CONFIDENCE", "UNKNOWN_CATEGORY", "DISAGREEMENT"]
+Reason = Literal[
+    "TEXT", "TEXT_LOW_CONFIDENCE", "UNKNOWN_CATEGORY", "DISAGREEMENT", "UNKNOWN_BELOW"
+]
 """Which rule of :func:`combine` decided (see the module docstring)."""
 
 
@@ -90,6 +100,10 @@ class OpenSetSettings:
     text_override: float | None = None
     """The text leaf confidence from which a zero-shot contradiction (rule 2) is ignored and
     the text leaf answered; ``None``: never ignored."""
+    zero_shot_unknown_below: bool = False
+    """Whether a zero-shot abstention (``LOW_CONFIDENCE`` at an ancestor whose confidence
+    clears ``zero_shot_threshold``) whose best leaf the text model cannot name caps the answer
+    at that ancestor's deepest common ancestor with the text model's path (rule 2b)."""
 
     def __post_init__(self) -> None:
         """Refuse a threshold outside [0, 1], quoting it (ModelError)."""
@@ -211,6 +225,15 @@ def combine(
         )
         if not agrees and not overridden:
             return OpenSetAnswer(_ancestor(text, zero_shot), "BOTH", "DISAGREEMENT")
+    if (
+        settings.zero_shot_unknown_below
+        and zero_shot.status == LOW_CONFIDENCE
+        and zero_shot.confidence >= settings.zero_shot_threshold
+        and zero_shot.leaf_id != text.leaf_id
+        and zero_shot.leaf_id not in known_leaves
+        and not any(node in known_leaves for node in zero_path)
+    ):
+        return OpenSetAnswer(_ancestor(text, zero_shot), "BOTH", "UNKNOWN_BELOW")
     chosen = cut_at(text, settings.text_threshold)
     reason: Reason = "TEXT" if chosen.status == CLASSIFIED else "TEXT_LOW_CONFIDENCE"
     return OpenSetAnswer(chosen, "TEXT", reason)

@@ -5,7 +5,8 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from bench.open_set import held_out_leaves, outcome
+from bench.open_set import held_out_leaves
+from bench.open_set_scoring import outcome
 from model.data import LabelRow
 from model.decode import CLASSIFIED, LOW_CONFIDENCE, Decoder, PathNode, Prediction, Status
 from model.errors import ModelError
@@ -154,6 +155,58 @@ def test_zero_shot_abstention_counts_only_when_asked() -> None:
     asked = combine(text, zero, KNOWN, OpenSetSettings(zero_shot_ancestors=True))
     assert asked.reason == "DISAGREEMENT"
     assert asked.prediction.confidence == 0.0
+
+
+def stop_at(ids: Sequence[int], confidences: Sequence[float], best_leaf: int) -> Prediction:
+    """A zero-shot abstention at the last of ``ids`` whose best leaf is ``best_leaf``."""
+    stopped = prediction(ids, confidences, status=LOW_CONFIDENCE)
+    return Prediction(
+        status=stopped.status,
+        category_id=stopped.category_id,
+        leaf_id=best_leaf,
+        path=stopped.path,
+        confidence=stopped.confidence,
+        alternatives=(),
+    )
+
+
+UNKNOWN_BELOW = OpenSetSettings(zero_shot_unknown_below=True)
+
+
+def test_unknown_leaf_below_a_shared_ancestor_caps_the_text_answer() -> None:
+    """A zero-shot stop at the text leaf's parent, best leaf unknown, abstains to that parent."""
+    text = prediction([1, 2, 3], [0.99, 0.97, 0.95])
+    zero = stop_at([1, 2], [0.9, 0.8], best_leaf=4)
+    assert combine(text, zero, KNOWN).prediction is text
+    answer = combine(text, zero, KNOWN, UNKNOWN_BELOW)
+    assert (answer.decided_by, answer.reason) == ("BOTH", "UNKNOWN_BELOW")
+    assert answer.prediction.status == LOW_CONFIDENCE
+    assert [node.id for node in answer.prediction.path] == [1, 2]
+    assert answer.prediction.confidence == 0.97
+
+
+@pytest.mark.parametrize(
+    ("zero", "why"),
+    [
+        (stop_at([1, 2], [0.9, 0.8], best_leaf=3), "its best leaf is the text model's own"),
+        (stop_at([6], [0.8], best_leaf=7), "its best leaf is one the text model knows"),
+        (stop_at([1, 2], [0.9, 0.4], best_leaf=4), "it stopped below the zero-shot threshold"),
+    ],
+)
+def test_unknown_below_needs_a_confident_stop_over_an_unknown_leaf(
+    zero: Prediction, why: str
+) -> None:
+    """The text leaf stands when the zero-shot stop is not confident or its leaf is known."""
+    text = prediction([1, 2, 3], [0.99, 0.97, 0.95])
+    assert combine(text, zero, KNOWN, UNKNOWN_BELOW).prediction is text, why
+
+
+def test_unknown_leaf_under_another_root_abstains_at_the_root() -> None:
+    """A confident stop under another root over an unknown leaf leaves the text no category."""
+    text = prediction([1, 5], [0.9, 0.9])
+    answer = combine(text, stop_at([6], [0.8], best_leaf=8), KNOWN, UNKNOWN_BELOW)
+    assert answer.reason == "UNKNOWN_BELOW"
+    assert (answer.prediction.category_id, answer.prediction.confidence) == (1, 0.0)
 
 
 def test_text_override_trusts_a_very_sure_text_model() -> None:
