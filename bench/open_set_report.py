@@ -182,7 +182,16 @@ def markdown(report: dict[str, Any]) -> str:
         f"was measured): **{target['second']:.4f}** on these held-out leaves (not a clean "
         "test: their failures suggested its rule 2b) and, its clean test, "
         f"**{target['second_fresh']:.4f} on fresh held-out leaves, "
-        f"{'met' if target['met_second_fresh'] else 'not met'}** (section (d)).",
+        f"{'met' if target['met_second_fresh'] else 'not met'}** (section (d): "
+        + "; ".join(
+            f"leaves ranked {g['ranks'][0]}-{g['ranks'][1]}: "
+            f"{g['results'][SECOND_RULE]['right_or_honest']:.4f} of "
+            f"{g['results'][SECOND_RULE]['products']} products"
+            for g in report["fresh"]["groups"]
+        )
+        + "). The fresh groups are small: one product is "
+        f"{100 / next(iter(report['fresh']['pooled'].values()))['products']:.1f} points of the "
+        "pooled figure.",
         "- For comparison, the zero-shot classifier alone: "
         f"{_figure(report, 'held_out_validation', ZERO_SHOT)} on (a), but only "
         f"{_figure(report, 'seen_validation', ZERO_SHOT, 'right')} of the seen leaves' "

@@ -70,6 +70,7 @@ from model.decode import CLASSIFIED, LOW_CONFIDENCE, Prediction
 from model.errors import ModelError
 
 __all__ = [
+    "OPEN_SET_RULE",
     "OpenSetAnswer",
     "OpenSetSettings",
     "Reason",
@@ -79,9 +80,7 @@ __all__ = [
     "cut_at",
 ]
 
-Reason = Literal[
-    "TEXT", "TEXT_LOW_CONFIDENCE", "UNKNOWN_CATEGORY", "DISAGREEMENT", "UNKNOWN_BELOW"
-]
+Reason = Literal["TEXT", "TEXT_LOW_CONFIDENCE", "UNKNOWN_CATEGORY", "DISAGREEMENT", "UNKNOWN_BELOW"]
 """Which rule of :func:`combine` decided (see the module docstring)."""
 
 
@@ -113,6 +112,13 @@ class OpenSetSettings:
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
                 raise ModelError(f"{name} must be a number in [0, 1], got {value!r}")
+
+
+OPEN_SET_RULE = OpenSetSettings(
+    text_threshold=0.7, zero_shot_ancestors=True, zero_shot_unknown_below=True
+)
+"""The settings the service uses (ENRICH_OPEN_SET): the second protocol's of
+``bench/open_set.py``, the one tested on fresh held-out leaves."""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -27,6 +28,7 @@ from confluent_kafka import TopicPartition
 
 from model.classifier import Classifier
 from model.fusion import FusionSettings, LateFusion
+from model.open_set import OPEN_SET_RULE
 from model.text_classifier import TextClassifier
 from model.text_features import TextFields
 from model.zero_shot import DEFAULT_THRESHOLD, ZeroShotClassifier
@@ -45,6 +47,7 @@ from service.kafka.consumer import KafkaConsumer
 from service.kafka.producer import KafkaProducer
 from service.loop import LoopThread
 from service.metrics import Metrics
+from service.open_set import OpenSetCheck
 from service.outputs import DEFAULT_MAX_MESSAGE_BYTES, TopicLimits
 from service.pipeline import EnrichmentService, RunSummary, ServiceOptions
 from service.redis_store import RedisStore
@@ -127,6 +130,7 @@ class Service:
         self.text = self._text_signal(settings, classifier, text_model)
         self.zero_shot = self._zero_shot_signal(settings, classifier)
         self.metrics = Metrics()
+        self.open_set = self._open_set_check(settings)
         self.group_id = group_id or settings.group_id
         if store is None and settings.redis_url:
             store = RedisStore(settings.redis_url, prefix="enrich:", socket_timeout=0.5)
@@ -206,6 +210,18 @@ class Service:
         log.info("zero_shot_loaded", leaves=len(zero_shot.decoder.leaves),
                  version=zero_shot.version)  # fmt: skip
         return ZeroShotSignal(zero_shot, max_size=settings.batch_max_size)
+
+    def _open_set_check(self, settings: Settings) -> OpenSetCheck | None:
+        """The open-set check of text-only answers (ENRICH_OPEN_SET), or None."""
+        if not settings.open_set:
+            return None
+        if self.text is None or self.zero_shot is None:
+            raise ConfigError(
+                "ENRICH_OPEN_SET needs a text model (ENRICH_TEXT_MODEL_DIR) and ENRICH_ZERO_SHOT"
+            )
+        known = self.text.classifier.vocabulary.leaves
+        log.info("open_set_enabled", text_leaves=len(known), **asdict(OPEN_SET_RULE))
+        return OpenSetCheck(self.zero_shot, known, self.metrics)
 
     def _on_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)
@@ -337,6 +353,7 @@ class Service:
             guard=CrashLoopGuard(settings.crash_loop_restarts, slack=options.consume_batch),
             text=self.text,
             zero_shot=self.zero_shot,
+            open_set=self.open_set,
         )
 
     def _topic_limits(

@@ -83,6 +83,14 @@ class Settings(BaseSettings):
         "ENRICH_TAXONOMY, Google's full taxonomy file. It stops at an ancestor below "
         "ENRICH_CONFIDENCE_THRESHOLD, or below 0.5 when that is 0.",
     )
+    open_set: bool = Field(
+        default=False,
+        description="A product classified from its text alone (image failed or missing) is "
+        "checked against the zero-shot classifier (model.open_set, service.open_set): a "
+        "category the text model never learnt is given zero-shot, a contradiction abstains "
+        "to the two answers' common ancestor. Needs ENRICH_TEXT_MODEL_DIR and "
+        "ENRICH_ZERO_SHOT.",
+    )
     fusion_text_weight: float = Field(
         default=1.0,
         ge=0.0,

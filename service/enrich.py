@@ -10,7 +10,9 @@
   image model's batcher;
 - the **decision**: both answered → the two fused (:class:`model.fusion.LateFusion`), one
   answered → that one, none → today's status (``IMAGE_UNAVAILABLE``, ``IMAGE_INVALID`` or
-  ``INVALID_INPUT``) and no category.
+  ``INVALID_INPUT``) and no category;
+- with ENRICH_OPEN_SET, a text-only answer checked against the zero-shot classifier
+  (:mod:`service.open_set`); with ENRICH_ZERO_SHOT, what nothing classified, zero-shot.
 
 Every record says which signals decided (``decided_by``) and what each said on its own
 (``signals``), as contract 1.1.0 spells them.
@@ -21,7 +23,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import structlog
@@ -37,6 +39,9 @@ from service.batcher import InferenceBatcher
 from service.images import ImageStage
 from service.metrics import Metrics
 from service.records import Decision, Product, Status, enrichment, signal_entry
+
+if TYPE_CHECKING:  # service.open_set builds on this module's Verdict
+    from service.open_set import OpenSetCheck
 
 __all__ = [
     "ProductEnricher",
@@ -159,16 +164,18 @@ class ProductEnricher:
         metrics: Metrics,
         text: TextSignal | None = None,
         zero_shot: ZeroShotSignal | None = None,
+        open_set: OpenSetCheck | None = None,
     ) -> None:
         """``batcher`` answers images with predictions, or with :class:`Scored` when ``text``
         is given (fusion needs the image's leaf distribution); ``zero_shot`` answers what
-        nothing else did."""
+        nothing else did; ``open_set`` checks what the text model answered alone."""
         self.images = images
         self.batcher = batcher
         self.model_record = dict(model_record)
         self.metrics = metrics
         self.text = text
         self.zero_shot = zero_shot
+        self.open_set = open_set
 
     def uses_text(self, product: Product) -> bool:
         """Whether this product's text will be classified."""
@@ -197,6 +204,8 @@ class ProductEnricher:
                 image_answer = await self.batcher.classify(outcome.pixels)
         text_answer = await text_task if text_task is not None else None
         verdict = self.decide(product, image_answer, image_status, image_error, text_answer)
+        if verdict.decided_by == "TEXT" and self.open_set is not None:
+            verdict = await self.open_set.check(verdict, product.text)
         if verdict.decided_by == "NONE" and self.zero_shot is not None and product.has_text:
             verdict = self._zero_shot(verdict, await self.zero_shot.classify(product.text))
         self.metrics.decided.labels(verdict.decided_by).inc()

@@ -40,6 +40,14 @@ class Metrics:
             ["by"],
             registry=r,
         )
+        self.open_set = Counter(
+            "enrich_open_set",
+            "Text-only answers checked against the zero-shot classifier (ENRICH_OPEN_SET), by "
+            "the rule that decided: TEXT, TEXT_LOW_CONFIDENCE, UNKNOWN_CATEGORY, DISAGREEMENT, "
+            "UNKNOWN_BELOW, NO_MATCH.",
+            ["reason"],
+            registry=r,
+        )
         self.refused = Counter(
             "enrich_refused",
             "Records the broker or client refused (record-level errors), by topic kind and error.",

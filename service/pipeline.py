@@ -49,6 +49,7 @@ from service.kafka.producer import KafkaProducer
 from service.lag import LagWatch
 from service.loop import LoopThread
 from service.metrics import Metrics
+from service.open_set import OpenSetCheck
 from service.ordering import Output, PartitionQueues, Pending
 from service.outputs import OutputBuilder, TopicLimits, message_size
 from service.publisher import Publisher
@@ -125,13 +126,15 @@ class EnrichmentService:
         guard: CrashLoopGuard | None = None,
         text: TextSignal | None = None,
         zero_shot: ZeroShotSignal | None = None,
+        open_set: OpenSetCheck | None = None,
     ) -> None:
         """Wire the parts; nothing talks to the network until :meth:`run`.
 
         ``limits``: the largest record each topic takes (read from the broker by the app);
         ``guard``: the crash-loop guard (:mod:`service.crashloop`); ``text``: the text model
         and its fusion with the image model (:mod:`service.enrich`), when one is loaded;
-        ``zero_shot``: the last resort for products nothing else classified.
+        ``zero_shot``: the last resort for products nothing else classified; ``open_set``:
+        text-only answers checked against it (:mod:`service.open_set`).
         """
         self.options = options
         self.consumer = consumer
@@ -142,7 +145,9 @@ class EnrichmentService:
         self.loop = loop
         self.model_record = dict(model_record)
         self.metrics = metrics
-        self.enricher = ProductEnricher(images, batcher, model_record, metrics, text, zero_shot)
+        self.enricher = ProductEnricher(
+            images, batcher, model_record, metrics, text, zero_shot, open_set
+        )
         self.outputs = OutputBuilder(
             output_topic=options.output_topic, dead_letter_topic=options.dead_letter_topic,
             codec=enrichment_codec, limits=limits or TopicLimits(),

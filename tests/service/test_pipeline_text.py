@@ -231,3 +231,51 @@ def test_zero_shot_without_a_taxonomy_is_a_clear_error(
     settings = _settings(kafka_bootstrap, topics, model_dir, zero_shot=True)
     with pytest.raises(ConfigError, match="ENRICH_TAXONOMY"):
         Service(settings)
+
+
+def test_open_set_gives_unlearnt_categories_zero_shot_and_keeps_learnt_ones(
+    kafka_bootstrap: str,
+    topics: dict[str, str],
+    model_dir: Path,
+    text_model: Path,
+    titled: list[tuple[str, int]],
+    taxonomy_file: Path,
+    image_server: ImageServer,
+) -> None:
+    """With ENRICH_OPEN_SET, a product whose image fails and whose title names a category the
+    six-leaf text model never learnt (a puzzle) gets the zero-shot category; the text model's
+    own titles keep its leaves; both signals are in each record."""
+    missing = image_server.script("gone-open.jpg", Behaviour(status=404))
+    products = [_titled("puzzle", missing, "Kids wooden puzzle")]
+    products += [_titled(f"known-{i}", missing, title) for i, (title, _) in enumerate(titled)]
+    _produce(kafka_bootstrap, topics["input"], [_encode(p) for p in products])
+    settings = _settings(kafka_bootstrap, topics, model_dir, text_model_dir=text_model,
+                         zero_shot=True, open_set=True, taxonomy=taxonomy_file)  # fmt: skip
+    with _Running(settings) as running:
+        messages = _read(kafka_bootstrap, topics["output"], expected=len(products))
+        metrics = running.service.metrics
+    records = {r["product_id"]: r for r in (ENRICHMENT.decode(m.value()) for m in messages)}
+
+    puzzle = records["puzzle"]
+    assert ("TEXT", "CLASSIFIED") == (puzzle["decided_by"], puzzle["status"])
+    assert puzzle["category"]["path_string"].startswith("Toys & Games > Puzzles")
+    versions = [e["model_version"] for e in puzzle["signals"] if e["signal"] == "TEXT"]
+    assert len(versions) == 2 and versions[1].startswith("zero-shot-")
+    for i, (_, leaf) in enumerate(titled):
+        known = records[f"known-{i}"]
+        assert ("TEXT", "CLASSIFIED", leaf) == (
+            known["decided_by"], known["status"], known["category"]["id"]
+        ), known["signals"]  # fmt: skip
+    unknown = metrics.registry.get_sample_value("enrich_open_set_total",
+                                                {"reason": "UNKNOWN_CATEGORY"})  # fmt: skip
+    assert unknown == 1
+
+
+def test_open_set_without_zero_shot_is_a_clear_error(
+    kafka_bootstrap: str, topics: dict[str, str], model_dir: Path, text_model: Path
+) -> None:
+    """ENRICH_OPEN_SET without ENRICH_ZERO_SHOT stops at start with a ConfigError saying so."""
+    settings = _settings(kafka_bootstrap, topics, model_dir, text_model_dir=text_model,
+                         open_set=True)  # fmt: skip
+    with pytest.raises(ConfigError, match="ENRICH_ZERO_SHOT"):
+        Service(settings)
