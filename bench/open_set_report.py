@@ -192,6 +192,14 @@ def markdown(report: dict[str, Any]) -> str:
         + "). The fresh groups are small: one product is "
         f"{100 / next(iter(report['fresh']['pooled'].values()))['products']:.1f} points of the "
         "pooled figure.",
+        "- The second protocol's cost on the seen leaves' validation products: right "
+        f"{_figure(report, 'seen_validation', SECOND_RULE, 'right')} against "
+        f"{_figure(report, 'seen_validation', TEXT_ALONE, 'right')} for the text model alone "
+        "(it abstains more), confident wrong "
+        f"{_figure(report, 'seen_validation', SECOND_RULE, 'confident_wrong')} against "
+        f"{_figure(report, 'seen_validation', TEXT_ALONE, 'confident_wrong')}. The service "
+        "applies this rule to text-only answers with `ENRICH_OPEN_SET=true` "
+        "(`service/open_set.py`).",
         "- For comparison, the zero-shot classifier alone: "
         f"{_figure(report, 'held_out_validation', ZERO_SHOT)} on (a), but only "
         f"{_figure(report, 'seen_validation', ZERO_SHOT, 'right')} of the seen leaves' "
