@@ -49,9 +49,7 @@ def _text_verdict(truncated: TruncatedTaxonomy, leaf: int, confidence: float) ->
     return Verdict(CLASSIFIED, prediction, "TEXT", [entry])
 
 
-def _check(
-    zero_shot: ZeroShotSignal, verdict: Verdict, title: str
-) -> tuple[Verdict, Metrics]:
+def _check(zero_shot: ZeroShotSignal, verdict: Verdict, title: str) -> tuple[Verdict, Metrics]:
     metrics = Metrics()
     check = OpenSetCheck(zero_shot, KNOWN, metrics)
     return asyncio.run(check.check(verdict, TextFields(title=title))), metrics

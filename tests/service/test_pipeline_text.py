@@ -260,7 +260,8 @@ def test_open_set_gives_unlearnt_categories_zero_shot_and_keeps_learnt_ones(
     assert ("TEXT", "CLASSIFIED") == (puzzle["decided_by"], puzzle["status"])
     assert puzzle["category"]["path_string"].startswith("Toys & Games > Puzzles")
     versions = [e["model_version"] for e in puzzle["signals"] if e["signal"] == "TEXT"]
-    assert len(versions) == 2 and versions[1].startswith("zero-shot-")
+    assert len(versions) == 2
+    assert versions[1].startswith("zero-shot-")
     for i, (_, leaf) in enumerate(titled):
         known = records[f"known-{i}"]
         assert ("TEXT", "CLASSIFIED", leaf) == (
