@@ -117,7 +117,7 @@ bench: install ## Service benchmarks on real Kafka + Redis (about 35 min): docs/
 	deploy/local/with-services.sh $(BIN)/python -m bench.frontier
 
 .PHONY: frontier
-frontier: install ## Accuracy against end-to-end products/s for Lite0 128/160/224 and Lite1 240 under Keras, LiteRT float and int8 (about 7 min with models cached, 20 cold): docs/results/frontier/.
+frontier: install ## Accuracy against end-to-end products/s for Lite0 128/160/224 and Lite1 240 under Keras, LiteRT float and int8 (about 13 min with the models cached, two warm runs a point; about 26 cold): docs/results/frontier/.
 	deploy/local/with-services.sh $(BIN)/python -m bench.frontier $(BENCH_ARGS)
 
 .PHONY: bench-quick

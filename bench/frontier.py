@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.checkout import checkout_label
 from bench.frontier_points import (
     ACCURACY_TARGET,
     CACHE,
@@ -455,7 +456,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(words)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from bench.harness import dumps, load_photos
-    from bench.runtimes import _commit
     from bench.service_bench import machine
     from model.runtime import cpu_threads
     from service.config import load_settings
@@ -479,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     best, reason = recommend(points)
     result: dict[str, Any] = {
         "date": dt.datetime.now(tz=dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": _commit(),
+        "commit": checkout_label("model", "bench"),
         "command": command_line(words),
         "machine": machine(),
         "batch": batch,

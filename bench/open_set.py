@@ -56,7 +56,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -65,6 +64,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.checkout import checkout_label, shown_path
 from bench.open_set_report import (
     CALIBRATED,
     RULE,
@@ -189,30 +189,6 @@ def calibrate(
         best = max(range(len(rows)), key=lambda i: (rows[i]["unknown"]["right_or_honest"], -i))
     rows[best]["chosen"] = True
     return GRID[best], rows
-
-
-def _commit() -> str:
-    """The short commit of the checkout, '+dirty' when files differ; 'unknown' outside git."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
-
-
-def _shown(path: Path) -> str:
-    """A path as the results show it: relative to the shared data folder when under it."""
-    resolved = path.resolve()
-    return str(resolved.relative_to(SHARED)) if resolved.is_relative_to(SHARED) else str(path)
 
 
 def _methods(
@@ -470,9 +446,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = " ".join([".venv/bin/python -m bench.open_set", *arguments])
     report: dict[str, Any] = {
         "command": command,
-        "commit": _commit(),
+        "commit": checkout_label(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-        "labels": _shown(args.labels),
+        "labels": shown_path(args.labels, SHARED),
         "taxonomy_version": taxonomy.version,
         "held_out_rule": f"depth-4 leaves ranked {RANKS[0]}-{RANKS[1]} by train-split rows",
         "held_out": [

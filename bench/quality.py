@@ -22,12 +22,13 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bench.checkout import checkout_label
 
 REPO = Path(__file__).resolve().parent.parent
 COMMIT = "unknown"  # set by main() when the run starts
@@ -251,16 +252,6 @@ def _plot(groups: dict[tuple[str, int, str], list[dict[str, Any]]], path: Path) 
     plt.close(figure)
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-            check=True,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="Lite0 frozen only (under 15 min)")
@@ -278,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     global COMMIT
-    COMMIT = _commit()
+    COMMIT = checkout_label()
     args.output.mkdir(parents=True, exist_ok=True)
     names = args.variants or (QUICK if args.quick else tuple(VARIANTS))
     cells = [

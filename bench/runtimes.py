@@ -20,11 +20,12 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.checkout import checkout_label
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
@@ -36,23 +37,6 @@ LABELS = {
     "dynamic": "LiteRT dynamic-range",
     "int8": "LiteRT int8",
 }
-
-
-def _commit() -> str:
-    """The commit checked out, with ``+ changes`` when the work tree differs from it."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "--short", "HEAD") or "unknown"
-        return commit + (
-            " + changes" if git("status", "--porcelain", "--", "model", "bench") else ""
-        )
-    except OSError:
-        return "unknown"
 
 
 def run(rounds: int, calibration_count: int) -> dict[str, Any]:
@@ -198,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     command = (f"nice -n {niceness} " if niceness else "") + "python -m bench.runtimes "
     command += " ".join(shlex.quote(w) for w in words)
     result = run(args.rounds, args.calibration)
-    result.update(rounds=args.rounds, commit=_commit(), command=command.strip())
+    commit = checkout_label("model", "bench")
+    result.update(rounds=args.rounds, commit=commit, command=command.strip())
     text = markdown(result, command.strip())
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "runtimes.md").write_text(text)

@@ -38,7 +38,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -49,6 +48,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from bench.checkout import checkout_label, shown_path
 from model.data import LabelRow, assign_splits, read_labels
 from model.decode import CLASSIFIED
 from model.taxonomy import Taxonomy, TruncatedTaxonomy
@@ -204,30 +204,6 @@ def _targets(results: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _commit() -> str:
-    """The short commit of the checkout, with '+dirty' when files differ; 'unknown' outside git."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
-
-
-def _shown(path: Path) -> str:
-    """A path as the results show it: relative to the shared data folder when under it."""
-    resolved = path.resolve()
-    return str(resolved.relative_to(SHARED)) if resolved.is_relative_to(SHARED) else str(path)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every method on the split, print the table, write the results."""
     parser = argparse.ArgumentParser(prog="python -m bench.zero_shot", description=__doc__)
@@ -330,9 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     report = {
         "command": command,
-        "commit": _commit(),
+        "commit": checkout_label(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-        "labels": _shown(args.labels),
+        "labels": shown_path(args.labels, SHARED),
         "split": args.split,
         "products": len(rows),
         "categories": len({truncated.truncate_id(row.category_id) for row in rows}),
