@@ -146,13 +146,16 @@ def default_model(shared: Path, directory: Path) -> Path:
 
 
 def inference_limit(model_dir: Path, photos: Sequence[Photo], batch: int, batches: int) -> dict:
-    """Images/s of ``predict_raw`` (and of ``classify``, which adds decoding the heads)."""
+    """Images/s of ``predict_raw`` (and of ``classify``, which adds decoding the heads), with
+    the runtime the service picks for ``model_dir`` (ENRICH_RUNTIME, default ``auto``: the
+    directory's LiteRT flat buffer on a CPU), so the ratios compare like with like."""
     import numpy as np
 
     from model.classifier import Classifier
     from model.preprocess import decode_image
+    from service.config import load_settings
 
-    classifier = Classifier.load(model_dir)
+    classifier = Classifier.load(model_dir, runtime=load_settings().runtime)
     size = classifier.input_size
     images = np.stack([decode_image(p.data, size) for p in photos[:batch]])
     for _ in range(3):
@@ -175,6 +178,7 @@ def inference_limit(model_dir: Path, photos: Sequence[Photo], batch: int, batche
         "batches": batches,
         "image_size": size,
         "backbone": classifier.info.backbone,
+        "runtime": classifier.runtime.describe(),
     }
 
 
@@ -557,6 +561,13 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _runtime_words(runtime: dict[str, Any] | None) -> str:
+    """The runtime of (1) in a few words: ``Keras`` or ``LiteRT int8, 2 threads``."""
+    if not runtime or runtime.get("runtime") != "litert":
+        return "Keras"
+    return f"LiteRT {runtime.get('quantization', '?')}, {runtime.get('threads', '?')} threads"
+
+
 def table(figures: dict[str, Any], details: dict[str, Any]) -> list[str]:
     """The figures as a Markdown table."""
     f, d = figures, details
@@ -564,7 +575,8 @@ def table(figures: dict[str, Any], details: dict[str, Any]) -> list[str]:
     lat = f.get("latency_ms") or {}
     rows = [
         ("1", "inference limit (`predict_raw`, batch "
-              f"{inf['batch']}, {inf['backbone']} {inf['image_size']} px)",
+              f"{inf['batch']}, {inf['backbone']} {inf['image_size']} px, "
+              f"{_runtime_words(inf.get('runtime'))})",
          f"{_fmt(f['inference_limit_ips'])} images/s",
          f"`classify` (adds decoding the heads): {_fmt(inf['classify_images_per_s'])} images/s"),
         ("2", "decode limit (`decode_image`, shared photos)",

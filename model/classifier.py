@@ -384,6 +384,7 @@ class Classifier:
         top_k: int = 5,
         runtime: RuntimeChoice = "keras",
         gpu: bool | None = None,
+        num_threads: int | None = None,
     ) -> "Classifier":
         """Load and verify a model directory; `taxonomy`, when given, must agree with it.
 
@@ -391,13 +392,16 @@ class Classifier:
         model; ``"litert"`` the directory's default LiteRT flat buffer (ModelError when it has
         none, or it is damaged); ``"auto"`` the flat buffer on a CPU, the Keras model when a
         GPU is visible (``gpu``, default: asked of TensorFlow) or there is no flat buffer.
+        ``num_threads``: the LiteRT interpreter's threads (default: this process's cores).
         """
         from model.runtime import open_runtime
 
         keras_model, metadata, truncated = read_model_directory(
             directory, taxonomy=taxonomy, modality=IMAGE_MODALITY
         )
-        chosen = open_runtime(Path(directory), keras_model, metadata, runtime, gpu=gpu)
+        chosen = open_runtime(
+            Path(directory), keras_model, metadata, runtime, gpu=gpu, num_threads=num_threads
+        )
         return cls(
             keras_model, metadata, truncated, threshold=threshold, top_k=top_k, runtime=chosen
         )

@@ -125,6 +125,7 @@ class Service:
                 threshold=settings.confidence_threshold,
                 top_k=settings.top_k,
                 runtime=settings.runtime,
+                num_threads=settings.inference_threads or None,
             )
         self.classifier = classifier
         self.text = self._text_signal(settings, classifier, text_model)

@@ -104,6 +104,13 @@ class Settings(BaseSettings):
         "keras, or litert (refused for a directory without a flat buffer: `enrich "
         "export-litert` writes them). The choice is logged as runtime_selected.",
     )
+    inference_threads: int = Field(
+        default=0,
+        ge=0,
+        description="Threads of the LiteRT interpreter (0: every core this process may use). "
+        "Fewer leave cores to the pipeline (consume, decode, Redis, produce): see "
+        "docs/performance.md for what it changes on this machine.",
+    )
     delivery: Literal["at-least-once", "exactly-once"] = Field(
         default="at-least-once", description="Delivery guarantee of the output topic."
     )

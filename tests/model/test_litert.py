@@ -406,6 +406,25 @@ class TestSelection:
         with pytest.raises(ConfigError, match="ENRICH_RUNTIME"):
             load_settings()
 
+    def test_enrich_inference_threads_sets_the_interpreters_threads(
+        self, exported: tuple[Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """ENRICH_INFERENCE_THREADS gives the LiteRT interpreter that many threads; 0, the
+        default, gives it every core this process may use; a negative count is refused."""
+        from model.runtime import cpu_threads
+        from service.app import Service
+
+        monkeypatch.delenv("REDIS_URL", raising=False)
+        monkeypatch.setenv("ENRICH_RUNTIME", "litert")
+        for threads, expected in ((1, 1), (3, 3), (0, cpu_threads())):
+            monkeypatch.setenv("ENRICH_INFERENCE_THREADS", str(threads))
+            settings = load_settings(model_dir=exported[0], metrics_port=0)
+            described = Service(settings, http=False).classifier.runtime.describe()
+            assert expected == described["threads"]
+        monkeypatch.setenv("ENRICH_INFERENCE_THREADS", "-1")
+        with pytest.raises(ConfigError, match="ENRICH_INFERENCE_THREADS"):
+            load_settings()
+
 
 class TestCommand:
     def test_export_litert_calibrates_on_train_and_measures_validation(
