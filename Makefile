@@ -120,6 +120,16 @@ bench: install ## Service benchmarks on real Kafka + Redis (about 35 min): docs/
 frontier: install ## Accuracy against end-to-end products/s for Lite0 128/160/224 and Lite1 240 under Keras, LiteRT float and int8 (about 13 min with the models cached, two warm runs a point; about 26 cold): docs/results/frontier/.
 	deploy/local/with-services.sh $(BIN)/python -m bench.frontier $(BENCH_ARGS)
 
+.PHONY: gpu-prepare
+gpu-prepare: install ## What the device machine's one run (bench/gpu_run.sh) carries: wheels of Keras and the pure packages it lacks in .whl/, the demo's Lite0 model (or GPU_MODEL=DIR) in .device-model/.
+	rm -rf .whl .device-model && mkdir -p .whl
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+	  $$($(BIN)/python -c "import importlib.metadata as m; print(' '.join(f'{n}=={m.version(n)}' for n in ('keras', 'namex', 'optree', 'structlog')))")
+	$(if $(GPU_MODEL),cp -r $(GPU_MODEL) .device-model,$(BIN)/python -c "from pathlib import Path; from model.bundle import materialise; materialise(Path('service/demo_assets/heads'), Path('.device-model'))")
+	@echo "then: run(command='bash bench/gpu_run.sh', carry=['.whl', '.device-model'], timeout_s=480)"
+
 .PHONY: bench-quick
 bench-quick: install ## The same figures on smaller inputs (under 5 min): bench/results/ only.
 	deploy/local/with-services.sh $(BIN)/python -m bench.service_bench --quick $(BENCH_ARGS)
