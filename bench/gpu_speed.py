@@ -24,9 +24,7 @@ batches), which is how its test runs it.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
-import multiprocessing
 import os
 import platform
 import sys
@@ -91,33 +89,11 @@ def leaf_agreement(reference: dict[str, Any], other: dict[str, Any]) -> float:
     return float(np.mean(reference[head].argmax(-1) == other[head].argmax(-1)))
 
 
-def _decode(item: tuple[bytes, int]) -> int:
-    from model.preprocess import decode_image
+def decode_figures(photos: Sequence[bytes], size: int, repeat: int) -> dict[str, Any]:
+    """`bench.decode_rate.decode_rates` over ``repeat`` passes of the photos."""
+    from bench.decode_rate import decode_rates
 
-    return int(decode_image(item[0], item[1]).shape[0])
-
-
-def decode_rates(photos: Sequence[bytes], size: int, repeat: int) -> dict[str, Any]:
-    """Images/s of ``decode_image`` at ``size`` on one core and on a pool of every core."""
-    items = [(data, size) for data in photos] * repeat
-    began = time.perf_counter()
-    for item in items:
-        _decode(item)
-    one = len(items) / (time.perf_counter() - began)
-    cores = os.cpu_count() or 1
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(cores, mp_context=context) as pool:
-        list(pool.map(_decode, items[:cores]))  # start the workers
-        began = time.perf_counter()
-        list(pool.map(_decode, items, chunksize=8))
-        every = len(items) / (time.perf_counter() - began)
-    return {
-        "photos": len(photos),
-        "images": len(items),
-        "one_core_images_per_s": round(one, 1),
-        "cores": cores,
-        "all_cores_images_per_s": round(every, 1),
-    }
+    return {"photos": len(photos), **decode_rates(list(photos) * repeat, size)}
 
 
 def _devices() -> list[str]:
@@ -201,7 +177,7 @@ def run(
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "rounds": rounds,
         "inference": rows,
-        "decode": decode_rates(photos, size, decode_repeat),
+        "decode": decode_figures(photos, size, decode_repeat),
     }
 
 

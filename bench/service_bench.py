@@ -24,10 +24,8 @@ Writes bench/results/<date>-<host>[-quick].md and .json, and, for a full run (or
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import datetime as dt
 import json
-import multiprocessing
 import os
 import platform
 import re
@@ -44,6 +42,7 @@ from typing import Any
 
 import confluent_kafka
 
+from bench.decode_rate import decode_rates
 from bench.harness import (
     PRODUCT,
     REPO_ROOT,
@@ -182,36 +181,11 @@ def inference_limit(model_dir: Path, photos: Sequence[Photo], batch: int, batche
     }
 
 
-def _decode_one(item: tuple[bytes, int]) -> int:
-    from model.preprocess import decode_image
-
-    return int(decode_image(item[0], item[1]).shape[0])
-
-
 def decode_limit(photos: Sequence[Photo], size: int) -> dict:
     """Images/s of ``decode_image`` on one core, and on every core with a process pool."""
-    items = [(p.data, size) for p in photos]
-    for item in items[:5]:
-        _decode_one(item)
-    began = time.perf_counter()
-    for item in items:
-        _decode_one(item)
-    one = len(items) / (time.perf_counter() - began)
-    cores = os.cpu_count() or 1
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(cores, mp_context=context) as pool:
-        list(pool.map(_decode_one, items[: cores * 4]))  # start the workers
-        began = time.perf_counter()
-        list(pool.map(_decode_one, items, chunksize=8))
-        every = len(items) / (time.perf_counter() - began)
+    rates = decode_rates([p.data for p in photos], size)
     sizes = [len(p.data) for p in photos]
-    return {
-        "one_core_images_per_s": round(one, 1),
-        "all_cores_images_per_s": round(every, 1),
-        "cores": cores,
-        "images": len(items),
-        "median_file_kib": round(statistics.median(sizes) / 1024, 1),
-    }
+    return {**rates, "median_file_kib": round(statistics.median(sizes) / 1024, 1)}
 
 
 # -- the runs through Kafka -----------------------------------------------------------------
