@@ -34,22 +34,25 @@ from bench.decode_memory import decode_memory_row  # noqa: E402
 from bench.fuzz import fuzz_row  # noqa: E402
 from bench.soak import soak_row  # noqa: E402
 from service.kafka.admin import KafkaAdmin  # noqa: E402
-from tests.reliability.scenarios import (  # noqa: E402
+from tests.reliability.crash import crash_scenario  # noqa: E402
+from tests.reliability.flow import hanging_scenario  # noqa: E402
+from tests.reliability.network import (  # noqa: E402
     NetnsUnavailableError,
-    PrivateBroker,
     PrivateNetwork,
+    ssrf_scenario,
+)
+from tests.reliability.outages import (  # noqa: E402
+    PrivateBroker,
     PrivateRedis,
-    Row,
     broker_outage_scenario,
-    crash_scenario,
-    hanging_scenario,
-    poison_scenario,
-    poison_topics,
+    redis_outage_scenario,
+)
+from tests.reliability.poison import poison_scenario, poison_topics  # noqa: E402
+from tests.reliability.scenarios import (  # noqa: E402
+    Row,
     produce,
     product_value,
-    redis_outage_scenario,
     service_topics,
-    ssrf_scenario,
 )
 from tests.support.image_server import ImageServer  # noqa: E402
 from tests.support.models import tiny_model  # noqa: E402

@@ -33,7 +33,7 @@ from model.text_classifier import TextClassifier
 from model.text_features import TextFields
 from model.zero_shot import DEFAULT_THRESHOLD, ZeroShotClassifier
 from service.batcher import InferenceBatcher
-from service.cache import ImageCache, KeyValueStore
+from service.cache import ImageCache
 from service.config import Settings
 from service.contract import SingleObjectCodec
 from service.crashloop import CrashLoopGuard
@@ -51,6 +51,7 @@ from service.open_set import OpenSetCheck
 from service.outputs import DEFAULT_MAX_MESSAGE_BYTES, TopicLimits
 from service.pipeline import EnrichmentService, RunSummary, ServiceOptions
 from service.redis_store import RedisStore
+from service.stores import KeyValueStore
 
 __all__ = ["Service", "end_offsets"]
 

@@ -34,24 +34,38 @@ caller and raise `ValueError`.
 """
 
 import hashlib
-import json
-import re
-import string
 import threading
 import time
-import zlib
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Final, Literal, Protocol, TypeAlias, get_args
-from urllib.parse import urlsplit, urlunsplit
+from typing import Final
 
 import numpy as np
 import structlog
 from numpy.typing import NDArray
 
+from service.cache_entries import (
+    CacheHit,
+    CacheResult,
+    CorruptEntryError,
+    NegativeHit,
+    NegativePut,
+    NegativeStatus,
+    Put,
+    check_sha256,
+    check_status,
+    decode_pixels,
+    encode_header,
+    encode_pixels,
+    parse_header,
+)
+from service.cache_urls import normalise_url
 from service.errors import CacheError
+from service.stores import KeyValueStore
 
+# ImageCache and its settings, with the types its methods take and answer (defined in
+# service/cache_entries.py). The stores are in service/stores.py, normalise_url in
+# service/cache_urls.py.
 __all__ = [
     "DEFAULT_NEGATIVE_TTL_S",
     "DEFAULT_RETRY_AFTER_S",
@@ -59,13 +73,10 @@ __all__ = [
     "CacheHit",
     "CacheResult",
     "ImageCache",
-    "KeyValueStore",
-    "MemoryStore",
     "NegativeHit",
     "NegativePut",
     "NegativeStatus",
     "Put",
-    "normalise_url",
 ]
 
 # Product images change rarely; a week keeps a catalogue's daily updates cheap while letting a
@@ -76,17 +87,6 @@ DEFAULT_NEGATIVE_TTL_S: Final = 3600.0
 # Long enough that an outage costs one failed call per few seconds, not one per product;
 # short enough that the cache is back soon after Redis is.
 DEFAULT_RETRY_AFTER_S: Final = 5.0
-
-NegativeStatus: TypeAlias = Literal["IMAGE_UNAVAILABLE", "IMAGE_INVALID"]
-_NEGATIVE_STATUSES: Final[frozenset[str]] = frozenset(get_args(NegativeStatus))
-
-# Level 1: see the module docstring for the measurement against PNG.
-_ZLIB_LEVEL: Final = 1
-# Bumped when the header layout changes; an entry of another version reads as corrupt (a miss).
-_HEADER_VERSION: Final = 1
-# Reasons are exception messages; a few hundred characters say what happened.
-_MAX_REASON_CHARS: Final = 500
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 # Counters `ImageCache.stats` always carries, zero until something happens.
 _STAT_KEYS: Final = (
@@ -99,230 +99,6 @@ _STAT_KEYS: Final = (
     "errors",
     "skipped",
 )
-
-
-class KeyValueStore(Protocol):
-    """Bytes under string keys with optional expiry; `RedisStore` and `MemoryStore` are two.
-
-    Implementations raise `CacheError` on any failure to reach their backend.
-    """
-
-    def get(self, key: str) -> bytes | None:
-        """The value under `key`, or None when there is none."""
-        ...
-
-    def get_many(self, keys: list[str]) -> list[bytes | None]:
-        """The values under `keys`, in order, None where there is none (one round trip)."""
-        ...
-
-    def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
-        """Store `value` under `key`, expiring after `ttl_s` seconds when given."""
-        ...
-
-    def set_many(self, values: Mapping[str, bytes], ttl_s: float | None = None) -> None:
-        """Store several values (one round trip)."""
-        ...
-
-    def delete(self, key: str) -> None:
-        """Forget `key`."""
-        ...
-
-    def ping(self) -> bool:
-        """True when the backend answers now; never raises."""
-        ...
-
-    def close(self) -> None:
-        """Release what the store holds."""
-        ...
-
-
-class MemoryStore:
-    """A `KeyValueStore` in this process: a dict with expiry, thread-safe, optionally LRU-bounded.
-
-    Expiry uses `clock` (seconds, monotonic); expired entries are dropped when next touched.
-    With `max_entries`, writing past the bound evicts the least recently used entries.
-    """
-
-    def __init__(
-        self, *, max_entries: int | None = None, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        if max_entries is not None and max_entries < 1:
-            raise ValueError(f"max_entries must be positive or None, got {max_entries}")
-        self._max_entries = max_entries
-        self._clock = clock
-        self._lock = threading.Lock()
-        # key -> (value, expiry time on `clock` or None); order is least recently used first.
-        self._data: OrderedDict[str, tuple[bytes, float | None]] = OrderedDict()
-
-    def __len__(self) -> int:
-        """The number of live (unexpired) entries."""
-        return len(self.live_keys())
-
-    def live_keys(self) -> list[str]:
-        """The live keys, least recently used first."""
-        with self._lock:
-            now = self._clock()
-            return [k for k in list(self._data) if self._live(k, now, touch=False) is not None]
-
-    def get(self, key: str) -> bytes | None:
-        """The value under `key`, or None when there is none or it has expired."""
-        with self._lock:
-            return self._live(key, self._clock(), touch=True)
-
-    def get_many(self, keys: list[str]) -> list[bytes | None]:
-        """The values under `keys`, in order, None where there is none."""
-        with self._lock:
-            now = self._clock()
-            return [self._live(k, now, touch=True) for k in keys]
-
-    def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
-        """Store `value` under `key`, expiring after `ttl_s` seconds when given."""
-        self.set_many({key: value}, ttl_s)
-
-    def set_many(self, values: Mapping[str, bytes], ttl_s: float | None = None) -> None:
-        """Store several values with the same expiry."""
-        with self._lock:
-            expires = None if ttl_s is None else self._clock() + ttl_s
-            for key, value in values.items():
-                self._data[key] = (bytes(value), expires)
-                self._data.move_to_end(key)
-            if self._max_entries is not None:
-                while len(self._data) > self._max_entries:
-                    self._data.popitem(last=False)
-
-    def delete(self, key: str) -> None:
-        """Forget `key`."""
-        with self._lock:
-            self._data.pop(key, None)
-
-    def ping(self) -> bool:
-        """Always True: the store is this process."""
-        return True
-
-    def close(self) -> None:
-        """Drop every entry."""
-        with self._lock:
-            self._data.clear()
-
-    def _live(self, key: str, now: float, *, touch: bool) -> bytes | None:
-        """The value under `key` if unexpired (dropping it if expired); the lock is held."""
-        entry = self._data.get(key)
-        if entry is None:
-            return None
-        value, expires = entry
-        if expires is not None and now >= expires:
-            del self._data[key]
-            return None
-        if touch:
-            self._data.move_to_end(key)
-        return value
-
-
-_UNRESERVED: Final = frozenset(string.ascii_letters + string.digits + "-._~")
-_PERCENT_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
-_DEFAULT_PORTS: Final = {"http": "80", "https": "443"}
-
-
-def normalise_url(url: str) -> str:
-    """The form of `url` used for cache keys: equal for URLs that name the same resource.
-
-    Scheme and host are lower-cased, a default port (80 for http, 443 for https) and the
-    fragment are dropped, an empty http(s) path becomes `/`, and percent-escapes of unreserved
-    characters (letters, digits, `-._~`) are decoded while the rest get upper-case hex. Path and
-    query are otherwise kept as given: parameter order and `+` matter to real servers. Never
-    raises: a URL that cannot be split keeps its text, less any fragment.
-    """
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # e.g. an unclosed IPv6 bracket; the fetch will report it
-        return url.partition("#")[0]
-    scheme = parts.scheme.lower()
-    netloc = _normalise_netloc(parts.netloc, scheme)
-    path = _normalise_percent(parts.path)
-    if not path and netloc and scheme in _DEFAULT_PORTS:
-        path = "/"
-    return urlunsplit((scheme, netloc, path, _normalise_percent(parts.query), ""))
-
-
-def _normalise_netloc(netloc: str, scheme: str) -> str:
-    """`[userinfo@]host[:port]` with the host lower-cased and a default or empty port dropped."""
-    userinfo, at, hostport = netloc.rpartition("@")
-    if hostport.startswith("["):  # an IPv6 literal: its colons are not the port's
-        close = hostport.find("]")
-        if close < 0:
-            return netloc
-        host, rest = hostport[: close + 1], hostport[close + 1 :]
-        port = rest[1:] if rest.startswith(":") else None
-        if port is None and rest:
-            return userinfo + at + host.lower() + rest
-    else:
-        host, colon, port_text = hostport.partition(":")
-        port = port_text if colon else None
-    keep_port = port is not None and port != "" and port != _DEFAULT_PORTS.get(scheme)
-    return userinfo + at + host.lower() + (f":{port}" if keep_port else "")
-
-
-def _normalise_percent(text: str) -> str:
-    """Decode escapes of unreserved characters; upper-case the hex of the others."""
-
-    def fix(match: re.Match[str]) -> str:
-        char = chr(int(match.group(1), 16))
-        return char if char in _UNRESERVED else "%" + match.group(1).upper()
-
-    return _PERCENT_ESCAPE.sub(fix, text)
-
-
-@dataclass(frozen=True, eq=False)
-class CacheHit:
-    """Cached pixels for a URL, with what identifies the bytes they were decoded from.
-
-    `pixels` is a read-only `(size, size, 3)` uint8 RGB array; URLs with the same content may
-    share one array.
-    """
-
-    pixels: NDArray[np.uint8]
-    sha256: str
-    etag: str | None
-    last_modified: str | None
-
-
-@dataclass(frozen=True)
-class NegativeHit:
-    """A recent fetch of the URL failed this way; retry only once the entry has expired."""
-
-    status: NegativeStatus
-    reason: str
-
-
-CacheResult: TypeAlias = CacheHit | NegativeHit | None
-
-
-@dataclass(frozen=True, eq=False)
-class Put:
-    """One positive write for `ImageCache.put_many`: `url`'s bytes had this sha256.
-
-    `pixels` are what they decoded to; None when the content entry is already cached (found by
-    `get_by_content`), so only the URL's header is written.
-    """
-
-    url: str
-    pixels: NDArray[np.uint8] | None
-    sha256: str
-    etag: str | None = None
-    last_modified: str | None = None
-
-
-@dataclass(frozen=True)
-class NegativePut:
-    """One negative write for `ImageCache.put_many`: fetching `url` just failed this way."""
-
-    url: str
-    status: NegativeStatus
-    reason: str
-
-
-class _CorruptEntryError(Exception):
-    """An entry that cannot be what this module wrote; internal, never leaves the module."""
 
 
 class ImageCache:
@@ -383,7 +159,7 @@ class ImageCache:
 
     def content_key(self, sha256: str) -> str:
         """The store key of the pixels decoded from bytes with this sha256."""
-        return f"img:content:{_check_sha256(sha256)}:{self._size}"
+        return f"img:content:{check_sha256(sha256)}:{self._size}"
 
     def get(self, url: str) -> CacheResult:
         """What the cache knows about `url`: pixels, a recent failure, or None."""
@@ -439,12 +215,9 @@ class ImageCache:
         expected = (self._size, self._size, 3)
         for write in writes:
             if isinstance(write, NegativePut):
-                if write.status not in _NEGATIVE_STATUSES:
-                    raise ValueError(
-                        f"status must be one of {sorted(_NEGATIVE_STATUSES)}, got {write.status!r}"
-                    )
+                check_status(write.status)
                 continue
-            _check_sha256(write.sha256)
+            check_sha256(write.sha256)
             pixels = write.pixels
             if pixels is not None and (pixels.shape != expected or pixels.dtype != np.uint8):
                 raise ValueError(
@@ -455,32 +228,16 @@ class ImageCache:
         positive: dict[str, bytes] = {}
         negative: dict[str, bytes] = {}
         for write in writes:
+            key = self.url_key(write.url)
             if isinstance(write, NegativePut):
-                header: dict[str, object] = {
-                    "v": _HEADER_VERSION,
-                    "negative": {
-                        "status": write.status,
-                        "reason": write.reason[:_MAX_REASON_CHARS],
-                    },
-                }
-                key = self.url_key(write.url)
                 positive.pop(key, None)  # the later write of a URL wins
-                negative[key] = _dump(header)
+                negative[key] = encode_header(write)
                 continue
             if write.pixels is not None:
-                raw = np.ascontiguousarray(write.pixels).tobytes()
-                packed = zlib.compress(raw, _ZLIB_LEVEL) if self._compress else raw
-                # Raw when zlib is no shorter: an entry of exactly the raw length is always raw.
-                positive[self.content_key(write.sha256)] = packed if len(packed) < len(raw) else raw
-            header = {
-                "v": _HEADER_VERSION,
-                "sha256": write.sha256,
-                "etag": write.etag,
-                "last_modified": write.last_modified,
-            }
-            key = self.url_key(write.url)
+                content = encode_pixels(write.pixels, compress=self._compress)
+                positive[self.content_key(write.sha256)] = content
             negative.pop(key, None)  # the later write of a URL wins
-            positive[key] = _dump(header)
+            positive[key] = encode_header(write)
         if positive:
             self._write(positive, self._ttl_s)
         if negative and self._may_call(0):  # not right after the first write failed
@@ -497,8 +254,8 @@ class ImageCache:
                 parsed.append(None)
                 continue
             try:
-                parsed.append(_parse_header(raw))
-            except _CorruptEntryError:
+                parsed.append(parse_header(raw))
+            except CorruptEntryError:
                 counts["corrupt"] += 1
                 self._store.delete(key)
                 parsed.append(None)
@@ -527,8 +284,8 @@ class ImageCache:
         if blob is None:
             return None
         try:
-            return _decode_pixels(blob, self._size)
-        except _CorruptEntryError:
+            return decode_pixels(blob, self._size)
+        except CorruptEntryError:
             counts["corrupt"] += 1
             self._store.delete(key)
             return None
@@ -582,57 +339,3 @@ def _outcome(result: CacheResult) -> str:
     if result is None:
         return "misses"
     return "negative_hits" if isinstance(result, NegativeHit) else "hits"
-
-
-def _check_sha256(sha256: str) -> str:
-    if not _SHA256_HEX.fullmatch(sha256):
-        raise ValueError(f"sha256 must be 64 lower-case hex digits, got {sha256!r}")
-    return sha256
-
-
-def _dump(header: Mapping[str, object]) -> bytes:
-    return json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
-
-
-def _parse_header(raw: bytes) -> NegativeHit | tuple[str, str | None, str | None]:
-    """A header as written by `ImageCache`: a NegativeHit or (sha256, etag, last_modified)."""
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _CorruptEntryError("header is not JSON") from exc
-    if not isinstance(header, dict) or header.get("v") != _HEADER_VERSION:
-        raise _CorruptEntryError("header of another version")
-    negative = header.get("negative")
-    if negative is not None:
-        status, reason = (
-            (negative.get("status"), negative.get("reason"))
-            if isinstance(negative, dict)
-            else (None, None)
-        )
-        if status not in _NEGATIVE_STATUSES or not isinstance(reason, str):
-            raise _CorruptEntryError("bad negative entry")
-        return NegativeHit(status, reason)
-    sha256, etag, last_modified = (header.get(k) for k in ("sha256", "etag", "last_modified"))
-    if not isinstance(sha256, str) or not _SHA256_HEX.fullmatch(sha256):
-        raise _CorruptEntryError("bad content hash")
-    if not (etag is None or isinstance(etag, str)) or not (
-        last_modified is None or isinstance(last_modified, str)
-    ):
-        raise _CorruptEntryError("bad validators")
-    return sha256, etag, last_modified
-
-
-def _decode_pixels(blob: bytes, size: int) -> NDArray[np.uint8]:
-    """Read-only `(size, size, 3)` pixels from a content entry, or `_CorruptEntryError`."""
-    expected = size * size * 3
-    if len(blob) == expected:  # stored raw (see put_many)
-        return np.frombuffer(blob, dtype=np.uint8).reshape(size, size, 3)
-    decompressor = zlib.decompressobj()
-    try:
-        # Bounded: a corrupt or foreign entry must not inflate into a huge buffer.
-        raw = decompressor.decompress(blob, expected + 1)
-    except zlib.error as exc:
-        raise _CorruptEntryError("content is not zlib") from exc
-    if len(raw) != expected or not decompressor.eof or decompressor.unused_data:
-        raise _CorruptEntryError(f"content is not {expected} bytes")
-    return np.frombuffer(raw, dtype=np.uint8).reshape(size, size, 3)

@@ -32,10 +32,10 @@ from aiohttp import web
 
 from model.errors import ModelError
 from model.taxonomy import Taxonomy
-from service.cache import MemoryStore
 from service.config import Settings, load_settings
 from service.contract import SingleObjectCodec
 from service.errors import EnrichError
+from service.stores import MemoryStore
 
 __all__ = ["DemoPhoto", "DemoResult", "pretrained_model", "read_sources", "run_demo"]
 

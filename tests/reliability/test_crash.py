@@ -8,7 +8,7 @@ from typing import Any
 import confluent_kafka
 import pytest
 
-from tests.reliability.scenarios import crash_scenario
+from tests.reliability.crash import crash_scenario
 from tests.service.test_pipeline import PRODUCT, _product, model_dir, photos, server
 from tests.support.image_server import ImageServer
 

@@ -2,7 +2,7 @@
 
 The killer is simulated the way a real one behaves from outside: the process dies at once
 (``os._exit``, no handler runs, nothing is committed) whenever it reads one product, as a
-decoder crash or an out-of-memory kill would (``scenarios.KILLER_SITECUSTOMIZE``, given to the
+decoder crash or an out-of-memory kill would (``poison.KILLER_SITECUSTOMIZE``, given to the
 serve child through ``PYTHONPATH``); the service itself is unchanged.
 """
 
@@ -17,14 +17,8 @@ from typing import Any
 import confluent_kafka
 import pytest
 
-from tests.reliability.scenarios import (
-    KILLER,
-    OutputWatcher,
-    killer_path,
-    process_log,
-    serve_process,
-    service_env,
-)
+from tests.reliability.poison import KILLER, killer_path
+from tests.reliability.scenarios import OutputWatcher, process_log, serve_process, service_env
 from tests.service.test_pipeline import (
     PRODUCT,
     _committed,

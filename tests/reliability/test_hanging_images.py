@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from service.kafka.admin import KafkaAdmin
-from tests.reliability.scenarios import FlowRun, Row, hanging_scenario, service_topics
+from tests.reliability.flow import FlowRun, hanging_scenario
+from tests.reliability.scenarios import Row, service_topics
 from tests.service.test_pipeline import model_dir, photos
 from tests.support.image_server import ImageServer
 

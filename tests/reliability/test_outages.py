@@ -8,7 +8,7 @@ import confluent_kafka
 import pytest
 
 from service.kafka.admin import KafkaAdmin
-from tests.reliability.scenarios import PrivateBroker, broker_outage_scenario
+from tests.reliability.outages import PrivateBroker, broker_outage_scenario
 from tests.service.test_pipeline import PRODUCT, _product, model_dir, photos, server
 from tests.support.image_server import Behaviour, ImageServer
 

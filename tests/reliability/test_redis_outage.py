@@ -15,13 +15,8 @@ import pytest
 
 from service.cache import DEFAULT_RETRY_AFTER_S
 from service.kafka.admin import KafkaAdmin
-from tests.reliability.scenarios import (
-    PrivateRedis,
-    RedisOutage,
-    Row,
-    redis_outage_scenario,
-    service_topics,
-)
+from tests.reliability.outages import PrivateRedis, RedisOutage, redis_outage_scenario
+from tests.reliability.scenarios import Row, service_topics
 from tests.service.test_pipeline import model_dir, photos
 from tests.support.image_server import ImageServer
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.scenarios import ScaleOutRun, scale_out_scenario
+from tests.reliability.scale_out import ScaleOutRun, scale_out_scenario
 from tests.service.test_pipeline import NOW, PRODUCT, _product, model_dir, photos, server
 from tests.support.image_server import ImageServer
 

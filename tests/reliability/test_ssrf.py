@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.scenarios import (
+from tests.reliability.network import (
     CountingListener,
     NetnsUnavailableError,
     PrivateNetwork,

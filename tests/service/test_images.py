@@ -12,18 +12,11 @@ import pytest
 from PIL import Image
 from structlog.testing import capture_logs
 
-from service.cache import (
-    CacheHit,
-    CacheResult,
-    ImageCache,
-    MemoryStore,
-    NegativeHit,
-    NegativePut,
-    Put,
-)
+from service.cache import CacheHit, CacheResult, ImageCache, NegativeHit, NegativePut, Put
 from service.fetch.fetcher import FetchConfig, ImageFetcher
 from service.images import CacheReader, CacheWriter, ImageOutcome, ImageStage
 from service.metrics import Metrics
+from service.stores import MemoryStore
 from tests.support.image_server import Behaviour, ImageServer
 
 SIZE = 8
