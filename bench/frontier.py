@@ -98,6 +98,7 @@ def train_args(spec: Spec, shared: Path, output: Path) -> list[str]:
         "--backbone", spec.backbone, "--weights", "imagenet-lite", "--heads", "marginal",
         "--image-size", str(spec.size), "--holdout", "0.1", "--batch-size", "64",
         "--learning-rate", "1e-3", "--epochs", "40", "--name", f"frontier-{spec.key}-marginal",
+        *(["--fine-tune-blocks", str(spec.tuned)] if spec.tuned else []),
         "--cache-dir", CACHE, "--output", str(output), "--verbose", "0",
     ]  # fmt: skip
 
@@ -151,7 +152,7 @@ def demo_heads(spec: Spec) -> Path | None:
 
     bundle = json.loads((HEADS_DIR / "bundle.json").read_text())
     same = bundle.get("backbone") == spec.backbone and int(bundle["input_size"]) == spec.size
-    return HEADS_DIR if same else None
+    return HEADS_DIR if same and not spec.tuned else None
 
 
 def prepare(spec: Spec, shared: Path, fresh: bool, timings: dict[str, Any]) -> Path:
@@ -442,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         nargs="+",
         type=parse_spec,
         default=[parse_spec(m) for m in DEFAULT_MODELS],
-        help=f"BACKBONE:PX, e.g. lite0:128 (default: {' '.join(DEFAULT_MODELS)})",
+        help=f"BACKBONE:PX[:tunedN], e.g. lite0:128 (default: {' '.join(DEFAULT_MODELS)})",
     )
     parser.add_argument("--rounds", type=int, default=15, help="solo speed rounds")
     parser.add_argument("--warm-seconds", type=float, default=WARM_SECONDS)

@@ -36,7 +36,7 @@ BACKBONES = {
     "lite1": ("efficientnet_lite1", "EfficientNet-Lite1"),
     "lite2": ("efficientnet_lite2", "EfficientNet-Lite2"),
 }
-DEFAULT_MODELS = ("lite0:128", "lite0:160", "lite0:224", "lite1:240")
+DEFAULT_MODELS = ("lite0:128", "lite0:160", "lite0:224", "lite1:240", "lite1:240:tuned5")
 SCRATCH = ("mobilenet_v3_small", "MobileNetV3-Small", 128)
 RUNTIMES = {"keras": "Keras", "none": "LiteRT float32", "int8": "LiteRT int8"}
 """Variant → label: ``keras`` is the Keras model, the others flat buffers of it."""
@@ -57,6 +57,8 @@ class Spec:
     short: str
     """``lite0``, ``lite1``, ``lite2``."""
     size: int
+    tuned: int = 0
+    """Backbone blocks fine-tuned after the heads (`enrich train --fine-tune-blocks`)."""
 
     @property
     def backbone(self) -> str:
@@ -65,23 +67,31 @@ class Spec:
 
     @property
     def label(self) -> str:
-        """The backbone's name in the tables."""
-        return BACKBONES[self.short][1]
+        """The backbone's name in the tables (with its fine-tuned blocks, when any)."""
+        name = BACKBONES[self.short][1]
+        return f"{name}, top {self.tuned} blocks tuned" if self.tuned else name
 
     @property
     def key(self) -> str:
-        """``lite0-128``: its folder under `WORK`."""
-        return f"{self.short}-{self.size}"
+        """``lite0-128`` (``lite1-240-tuned5``): its folder under `WORK`."""
+        return f"{self.short}-{self.size}" + (f"-tuned{self.tuned}" if self.tuned else "")
 
 
 def parse_spec(text: str) -> Spec:
-    """``lite0:160`` → Spec; argparse's type."""
-    short, _, size = text.partition(":")
-    if short not in BACKBONES or not size.isdigit():
+    """``lite0:160`` or ``lite1:240:tuned5`` → Spec; argparse's type."""
+    short, _, rest = text.partition(":")
+    size, _, tuned = rest.partition(":")
+    blocks = tuned.removeprefix("tuned")
+    if (
+        short not in BACKBONES
+        or not size.isdigit()
+        or (tuned and (not tuned.startswith("tuned") or not blocks.isdigit()))
+    ):
         raise argparse.ArgumentTypeError(
-            f"{text!r}: expected BACKBONE:PX with BACKBONE one of {', '.join(BACKBONES)}"
+            f"{text!r}: expected BACKBONE:PX or BACKBONE:PX:tunedN with BACKBONE one of "
+            f"{', '.join(BACKBONES)}"
         )
-    return Spec(short, int(size))
+    return Spec(short, int(size), int(blocks) if tuned else 0)
 
 
 @dataclass

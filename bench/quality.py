@@ -54,6 +54,7 @@ GRID = (
     Variant("lite0-tuned5", "efficientnet_lite0", fine_tune_blocks=5),
     Variant("lite1-frozen", "efficientnet_lite1"),
     Variant("lite1-tuned", "efficientnet_lite1", fine_tune_blocks=2),
+    Variant("lite1-tuned5", "efficientnet_lite1", fine_tune_blocks=5),
     Variant("lite2-frozen", "efficientnet_lite2"),
 )
 VARIANTS = {variant.name: variant for variant in GRID}

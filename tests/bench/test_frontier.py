@@ -77,6 +77,22 @@ def test_specs_parse_and_train_with_the_demo_recipe_at_their_size() -> None:
         parse_spec("resnet:224")
 
 
+def test_a_tuned_spec_fine_tunes_its_top_blocks_and_has_a_folder_of_its_own() -> None:
+    """``lite1:240:tuned5`` trains with ``--fine-tune-blocks 5``, lives apart from the frozen
+    ``lite1-240`` and says so in its label; the frozen spec passes no such flag; malformed
+    tails are refused."""
+    tuned = parse_spec("lite1:240:tuned5")
+    assert Spec("lite1", 240, 5) == tuned
+    assert tuned.key == "lite1-240-tuned5"
+    assert "5 blocks tuned" in tuned.label
+    args = train_args(tuned, Path("/s"), Path("/out"))
+    assert args[args.index("--fine-tune-blocks") + 1] == "5"
+    assert "--fine-tune-blocks" not in train_args(parse_spec("lite1:240"), Path("/s"), Path("/o"))
+    for bad in ("lite1:240:5", "lite1:240:tuned", "lite1:240:tunedx"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_spec(bad)
+
+
 def test_accuracies_come_from_the_export_entry_per_runtime_and_source() -> None:
     """Keras and each flat buffer: both sources and each source; nothing when unmeasured."""
     entry = _entry()
