@@ -204,7 +204,11 @@ def recommend(
         return best, (
             f"it meets both targets ({accuracy(best):.4f} on {TARGET_SOURCE} >= "
             f"{accuracy_target}, {rate(best):.0f} >= {rate_target:.0f} products/s warm) and is "
-            f"the fastest of the {len(both)} that do"
+            + (
+                f"the fastest of the {len(both)} that do"
+                if len(both) > 1
+                else "the only one that does"
+            )
         )
     fast = [p for p in known if rate(p) >= rate_target]
     pool = fast or known
@@ -487,8 +491,14 @@ def method(result: Mapping[str, Any], specs: Sequence[Spec]) -> list[str]:
         f"Models: {models}, `marginal` heads on the frozen ImageNet backbone (`--weights "
         "imagenet-lite`), trained on both shared sources' train splits with `make demo-heads`' "
         "recipe (Adam 1e-3, batch 64, up to 40 epochs, 10% hold-out, features cached); the "
-        "224 px Lite0 model is the demo's own heads (`service/demo_assets/heads/`). "
-        "How each was made: `frontier.json` (`stages`).",
+        "224 px Lite0 model is the demo's own heads (`service/demo_assets/heads/`)"
+        + "".join(
+            f"; {s.label} {s.size} px then fine-tunes those blocks "
+            f"(`--fine-tune-blocks {s.tuned}`: 3 epochs at 1e-4, BatchNorm frozen)"
+            for s in specs
+            if s.tuned
+        )
+        + ". How each was made: `frontier.json` (`stages`).",
         "Runtimes: `enrich export-litert MODEL --quantize int8` (float32 and int8 flat buffers, "
         "int8 calibrated on 300 training photos); it also measures each runtime's accuracy. "
         "The service serves a directory's default flat buffer, so each flat buffer is served "
