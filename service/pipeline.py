@@ -423,13 +423,15 @@ class EnrichmentService:
             if start is not None:
                 self.lag.assigned(key, start)
         self.metrics.crash_loop_careful.set(len(self._careful_partitions()))
-        if self._paused:
-            # Not paused here, inside the rebalance callback: pause and resume around an
-            # assignment can leave a partition paused for good (librdkafka issue 5591).
-            # The main loop resumes everything assigned, then pauses again if still full.
-            self._paused = False
-            self._resume_assigned = True
-            self.metrics.paused.set(0)
+        # Neither paused nor resumed here, inside the rebalance callback: pause and resume
+        # around an assignment can leave a partition paused for good, and a partition paused
+        # before a rebalance can come back paused even when the service resumed in between
+        # (librdkafka issue 5591; seen when a second instance joined a paused one). After
+        # every assignment the main loop resumes everything assigned, then pauses again if
+        # still full.
+        self._paused = False
+        self._resume_assigned = True
+        self.metrics.paused.set(0)
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]

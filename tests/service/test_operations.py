@@ -230,21 +230,33 @@ class TestRebalance:
         self, kafka_bootstrap: str, topics: dict[str, str], model_dir: Path,
         server: ImageServer, photos: list[str],
     ) -> None:  # fmt: skip
-        """When a second instance joins, the first finishes its revoked work; nothing is lost."""
-        slow = _slow_photo(server, photos, 0.02)
-        count = 300
+        """When a second instance joins, the first finishes its revoked work; nothing is lost,
+        and no partition comes back from the rebalance stalled (the first instance is paused
+        at its in-flight bound when it happens; before the fix its partitions stayed paused
+        in librdkafka until the stall watch restarted them a minute later)."""
+        # 4 fetches at a time of 0.1 s: the backlog lasts about 10 s, longer than the second
+        # instance takes to start and join on a loaded machine (at 0.02 s the first instance
+        # sometimes finished all 300 before the rebalance: seen once in CI-like runs).
+        slow = _slow_photo(server, photos, 0.1)
+        count = 400
         _produce(kafka_bootstrap, topics["input"],
                  [_encode(_product(f"g{i}", f"{slow}?i={i}")) for i in range(count)])  # fmt: skip
         settings = _settings(kafka_bootstrap, topics, model_dir, max_in_flight=40,
                              fetch_per_host=4)  # fmt: skip
         with _Running(settings) as first:
             deadline = time.monotonic() + 60
-            while server.hits["/scripted/slow-0.02.jpg"] < 40 and time.monotonic() < deadline:
+            while server.hits["/scripted/slow-0.1.jpg"] < 40 and time.monotonic() < deadline:
                 time.sleep(0.05)
             with _Running(settings) as second:
                 messages = _read(kafka_bootstrap, topics["output"], expected=count)
                 assert second.service.service is not None
                 second_share = second.service.service.summary.produced
+                stalls = [
+                    running.service.metrics.registry.get_sample_value(
+                        "enrich_partition_stalls_total"
+                    )
+                    for running in (first, second)
+                ]
             first_share = first.service.service.summary.produced if first.service.service else 0
         sources = {
             (r["source"]["partition"], r["source"]["offset"])
@@ -253,3 +265,4 @@ class TestRebalance:
         assert count == len(sources)
         assert second_share > 0, "the second instance never got a partition"
         assert first_share > 0
+        assert stalls == [0.0, 0.0], "a partition came back from the rebalance stalled"
