@@ -78,7 +78,7 @@ from bench.open_set_scoring import breakdown, figures, pooled
 from bench.open_set_training import HOLDOUT, train_without
 from model.data import LabelRow, assign_splits, hold_out_validation, read_labels
 from model.decode import Prediction
-from model.open_set import OpenSetSettings, combine_many, cut_at
+from model.open_set import OPEN_SET_RULE, OpenSetSettings, combine_many, cut_at
 from model.taxonomy import Taxonomy, TruncatedTaxonomy
 from model.text_classifier import TextClassifier
 from model.text_train import row_text
@@ -102,8 +102,10 @@ GRID = tuple(
 )
 """The settings the calibration on the pseudo open set chooses among (the first is the
 pre-registered rule)."""
-SECOND = OpenSetSettings(text_threshold=0.7, zero_shot_ancestors=True, zero_shot_unknown_below=True)
-"""The second protocol's rule, fixed before it was measured (the module docstring says how)."""
+SECOND = OPEN_SET_RULE
+"""The second protocol's rule (text_threshold 0.7, zero_shot_ancestors, zero_shot_unknown_below),
+fixed before it was measured (the module docstring says how); the service's ENRICH_OPEN_SET
+uses this same object."""
 FRESH_RANKS = ((11, 15), (16, 20))
 """The second protocol's fresh held-out groups: each denied to a text model of its own."""
 

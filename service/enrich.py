@@ -141,6 +141,13 @@ class ZeroShotSignal:
         prediction = await self.batcher.classify(text)
         return prediction if prediction.confidence > 0.0 else None
 
+    def entry(self, prediction: Prediction | None) -> dict[str, Any]:
+        """Its ``signals`` entry (a TEXT signal): the answer, or the abstention of None."""
+        if prediction is None:
+            return signal_entry("TEXT", "ABSTAINED", model_version=self.version,
+                                error="zero-shot: no word matched a category")  # fmt: skip
+        return signal_entry("TEXT", "USED", prediction=prediction, model_version=self.version)
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -260,11 +267,8 @@ class ProductEnricher:
     def _zero_shot(self, verdict: Verdict, prediction: Prediction | None) -> Verdict:
         """The zero-shot answer in place of no answer (its own ``signals`` entry, TEXT)."""
         assert self.zero_shot is not None
-        version = self.zero_shot.version
+        entry = self.zero_shot.entry(prediction)
         if prediction is None:
-            entry = signal_entry("TEXT", "ABSTAINED", model_version=version,
-                                 error="zero-shot: no word matched a category")  # fmt: skip
             return Verdict(verdict.status, None, "NONE", [*verdict.signals, entry],
                            verdict.error)  # fmt: skip
-        entry = signal_entry("TEXT", "USED", prediction=prediction, model_version=version)
         return Verdict(prediction.status, prediction, "TEXT", [*verdict.signals, entry])

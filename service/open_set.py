@@ -24,7 +24,6 @@ from model.open_set import OPEN_SET_RULE, OpenSetSettings, combine
 from model.text_features import TextFields
 from service.enrich import Verdict, ZeroShotSignal
 from service.metrics import Metrics
-from service.records import signal_entry
 
 __all__ = ["OpenSetCheck"]
 
@@ -52,15 +51,12 @@ class OpenSetCheck:
         """``verdict`` (decided by the text model alone) as the open-set rule answers it."""
         assert verdict.prediction is not None
         zero_shot = await self.zero_shot.classify(text)
+        entry = self.zero_shot.entry(zero_shot)
         if zero_shot is None:
-            entry = signal_entry("TEXT", "ABSTAINED", model_version=self.zero_shot.version,
-                                 error="zero-shot: no word matched a category")  # fmt: skip
             self.metrics.open_set.labels("NO_MATCH").inc()
             return replace(verdict, signals=[*verdict.signals, entry])
         answer = combine(verdict.prediction, zero_shot, self.known, self.settings)
         self.metrics.open_set.labels(answer.reason).inc()
-        entry = signal_entry("TEXT", "USED", prediction=zero_shot,
-                             model_version=self.zero_shot.version)  # fmt: skip
         chosen: Prediction = answer.prediction
         if chosen is not verdict.prediction:
             log.info("open_set_changed", reason=answer.reason, text=verdict.prediction.category_id,
