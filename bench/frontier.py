@@ -249,7 +249,7 @@ def candidates(
     specs: Sequence[Spec], shared: Path, fresh: bool, timings: dict[str, Any]
 ) -> list[Candidate]:
     """Every model prepared, every runtime of it a candidate; MobileNetV3-Small last."""
-    from bench.service_bench import default_model
+    from bench.service_limits import default_model
 
     found: list[Candidate] = []
     for spec in specs:
@@ -350,7 +350,8 @@ def end_to_end(
     photos in a fresh process (`bench.service_bench.Bench.measured_run`), ``repeats`` times,
     the size's candidates taking turns."""
     from bench.harness import ImageHosts
-    from bench.service_bench import IMAGE_HOSTS, QUICK, Bench
+    from bench.service_bench import Bench
+    from bench.service_limits import IMAGE_HOSTS, QUICK
 
     class Runs(Bench):
         """service_bench's runs, with `ENRICH_RUNTIME` for the candidate under test."""
@@ -457,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(words)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from bench.harness import dumps, load_photos
-    from bench.service_bench import machine
+    from bench.service_report import machine
     from model.runtime import cpu_threads
     from service.config import load_settings
 

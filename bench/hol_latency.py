@@ -39,13 +39,13 @@ sys.path.insert(0, str(REPO))
 from bench.harness import (  # noqa: E402
     PRODUCT,
     Kafka,
-    Process,
     bootstrap_servers,
     free_port,
-    percentiles,
     product_record,
     shared_data,
 )
+from bench.processes import Process  # noqa: E402
+from bench.profiling import percentiles  # noqa: E402
 from tests.support.image_server import Behaviour, ImageServer  # noqa: E402
 from tests.support.models import tiny_model  # noqa: E402
 

@@ -46,6 +46,8 @@ class Variant:
     name: str
     backbone: str
     fine_tune_blocks: int = 0
+    fine_tune_epochs: int = 3
+    feature_views: int = 2
 
 
 GRID = (
@@ -55,6 +57,8 @@ GRID = (
     Variant("lite1-frozen", "efficientnet_lite1"),
     Variant("lite1-tuned", "efficientnet_lite1", fine_tune_blocks=2),
     Variant("lite1-tuned5", "efficientnet_lite1", fine_tune_blocks=5),
+    Variant("lite1-tuned5-long", "efficientnet_lite1", fine_tune_blocks=5, fine_tune_epochs=10),
+    Variant("lite1-tuned5-zoom", "efficientnet_lite1", fine_tune_blocks=5, feature_views=4),
     Variant("lite2-frozen", "efficientnet_lite2"),
 )
 VARIANTS = {variant.name: variant for variant in GRID}
@@ -104,6 +108,8 @@ def run_one(variant: Variant, depth: int, heads: str, seed: int, out: Path) -> d
         business_values=values[0],
         business_values_files=values[1:],
         fine_tune_blocks=variant.fine_tune_blocks,
+        fine_tune_epochs=variant.fine_tune_epochs,
+        feature_views=variant.feature_views,
         cache_dir=RUNS / "cache",
         seed=seed,
         name=f"quality-{name}",
@@ -133,6 +139,8 @@ def run_one(variant: Variant, depth: int, heads: str, seed: int, out: Path) -> d
         "variant": variant.name,
         "backbone": variant.backbone,
         "fine_tune_blocks": variant.fine_tune_blocks,
+        "fine_tune_epochs": variant.fine_tune_epochs,
+        "feature_views": variant.feature_views,
         "depth": depth,
         "heads": heads,
         "seed": seed,
@@ -263,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--heads", nargs="+", choices=HEADS, default=list(HEADS))
     parser.add_argument("--fresh", action="store_true", help="forget earlier cells")
+    parser.add_argument(
+        "--resume", action="store_true", help="skip the cells quality.json already has"
+    )
     parser.add_argument("--depths", nargs="+", type=int, choices=DEPTHS, default=list(DEPTHS))
     args = parser.parse_args(argv)
     if not (SHARED / "fashion-products" / "labels.csv").is_file():
@@ -292,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = (
         json.loads(results_path.read_text()) if results_path.exists() and not args.fresh else []
     )
+    if args.resume:
+        done = {(r["variant"], r["depth"], r["heads"], r["seed"]) for r in results}
+        cells = [cell for cell in cells if (cell[0].name, *cell[1:]) not in done]
     began = time.monotonic()
     for number, (variant, depth, heads, seed) in enumerate(cells, start=1):
         row = run_one(variant, depth, heads, seed, args.output)

@@ -42,19 +42,21 @@ from bench.harness import (
     REPO_ROOT,
     ImageHosts,
     Kafka,
-    Process,
     bootstrap_servers,
-    cpu_description,
     free_port,
     load_photos,
-    machine_busy_s,
-    memory_gib,
-    process_cpu_s,
     product_record,
     rate,
     rate_since,
     service_env,
     shared_data,
+)
+from bench.processes import (
+    Process,
+    cpu_description,
+    machine_busy_s,
+    memory_gib,
+    process_cpu_s,
 )
 
 DOCS = REPO_ROOT / "docs" / "results" / "scale_out.md"

@@ -28,165 +28,52 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import shlex
-import statistics
 import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import confluent_kafka
 
-from bench.decode_rate import decode_rates
 from bench.harness import (
     PRODUCT,
     REPO_ROOT,
-    CounterSampler,
     ImageHosts,
     Kafka,
     Output,
-    Photo,
-    Process,
-    Profiler,
-    RssSampler,
     bootstrap_servers,
-    cpu_description,
     delete_content_keys,
     dumps,
     free_port,
     load_photos,
-    memory_gib,
-    percentiles,
     product_record,
     rate,
     rate_since,
     redis_url,
     service_env,
     shared_data,
-    summarize_profile,
 )
-
-LATENCY_MS = 100  # the "real-world" image server delay of figure (4)
-IMAGE_HOSTS = 16  # loopback addresses standing for a catalog's many image hosts
-MISSING_URLS = 200  # distinct 404 URLs of the memory backlog (cached negatively)
-PERCENTILES = (50, 95, 99)
-
-
-@dataclass(frozen=True)
-class Sizes:
-    """How much work each figure gets."""
-
-    decode_images: int
-    inference_batches: int
-    cold_products: int
-    warm_products: int
-    latency_s: float
-    rss_products: int
-    two_products: int
-    single_host_products: int
-    naive_warm: int
-    naive_cold: int
-
-
-QUICK = Sizes(
-    decode_images=200, inference_batches=15, cold_products=1500, warm_products=3000,
-    latency_s=8, rss_products=20_000, two_products=2400, single_host_products=240,
-    naive_warm=80, naive_cold=25,
-)  # fmt: skip
-FULL = Sizes(
-    decode_images=1000, inference_batches=60, cold_products=4000, warm_products=12_000,
-    latency_s=30, rss_products=1_000_000, two_products=8000, single_host_products=1200,
-    naive_warm=300, naive_cold=100,
-)  # fmt: skip
-
-
-def say(message: str) -> None:
-    """Progress on stderr, with the time."""
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-# -- the model ----------------------------------------------------------------------------
-
-
-def default_model(shared: Path, directory: Path) -> Path:
-    """An untrained model of the default CPU backbone over the shared labels (same speed as a
-    trained one), built once into ``directory``."""
-    if (directory / "checksums.sha256").exists():
-        return directory
-    import csv
-
-    from model.build import build_model
-    from model.classifier import save_model
-    from model.taxonomy import Taxonomy
-    from model.train import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE
-    from model.vocabulary import Vocabulary
-
-    say(f"building an untrained {DEFAULT_BACKBONE} model into {directory}")
-    taxonomy = shared / "google-product-taxonomy" / "taxonomy-with-ids.en-US.txt"
-    truncated = Taxonomy.load(taxonomy).truncate(4)
-    with (shared / "product-images" / "labels.csv").open() as stream:
-        ids = [int(row["google_category_id"]) for row in csv.DictReader(stream)]
-    vocabulary = Vocabulary.from_labels(truncated, ids)
-    model = build_model(DEFAULT_BACKBONE, vocabulary.sizes, image_size=DEFAULT_IMAGE_SIZE)
-    save_model(
-        model, directory, name="bench-untrained", backbone=DEFAULT_BACKBONE,
-        image_size=DEFAULT_IMAGE_SIZE, heads="multi", truncated=truncated,
-        vocabulary=vocabulary, level_weights=None, training={}, metrics={},
-    )  # fmt: skip
-    return directory
-
-
-# -- (1) and (2): the limits --------------------------------------------------------------
-
-
-def inference_limit(model_dir: Path, photos: Sequence[Photo], batch: int, batches: int) -> dict:
-    """Images/s of ``predict_raw`` (and of ``classify``, which adds decoding the heads), with
-    the runtime the service picks for ``model_dir`` (ENRICH_RUNTIME, default ``auto``: the
-    directory's LiteRT flat buffer on a CPU), so the ratios compare like with like."""
-    import numpy as np
-
-    from model.classifier import Classifier
-    from model.preprocess import decode_image
-    from service.config import load_settings
-
-    classifier = Classifier.load(model_dir, runtime=load_settings().runtime)
-    size = classifier.input_size
-    images = np.stack([decode_image(p.data, size) for p in photos[:batch]])
-    for _ in range(3):
-        classifier.predict_raw(images)
-    times = []
-    for _ in range(batches):
-        began = time.perf_counter()
-        classifier.predict_raw(images)
-        times.append(time.perf_counter() - began)
-    classify_times = []
-    for _ in range(max(3, batches // 3)):
-        began = time.perf_counter()
-        classifier.classify(list(images))
-        classify_times.append(time.perf_counter() - began)
-    return {
-        "images_per_s": round(batch * len(times) / sum(times), 1),
-        "median_batch_ms": round(1000 * statistics.median(times), 1),
-        "classify_images_per_s": round(batch * len(classify_times) / sum(classify_times), 1),
-        "batch": batch,
-        "batches": batches,
-        "image_size": size,
-        "backbone": classifier.info.backbone,
-        "runtime": classifier.runtime.describe(),
-    }
-
-
-def decode_limit(photos: Sequence[Photo], size: int) -> dict:
-    """Images/s of ``decode_image`` on one core, and on every core with a process pool."""
-    rates = decode_rates([p.data for p in photos], size)
-    sizes = [len(p.data) for p in photos]
-    return {**rates, "median_file_kib": round(statistics.median(sizes) / 1024, 1)}
-
+from bench.processes import CounterSampler, Process, RssSampler
+from bench.profiling import Profiler, percentiles, summarize_profile
+from bench.service_limits import (
+    FULL,
+    IMAGE_HOSTS,
+    LATENCY_MS,
+    MISSING_URLS,
+    PERCENTILES,
+    QUICK,
+    Sizes,
+    decode_limit,
+    default_model,
+    inference_limit,
+    say,
+)
+from bench.service_report import machine, performance_doc, report, table
 
 # -- the runs through Kafka -----------------------------------------------------------------
 
@@ -504,218 +391,6 @@ def open_loop(
         events[key] = int(now.timestamp() * 1000)
     producer.flush(30)
     return events
-
-
-# -- reports ----------------------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    """What the figures were measured on."""
-    import keras
-    import tensorflow as tf
-
-    return {
-        "host": platform.node(),
-        "cpu": cpu_description(),
-        "cores": os.cpu_count(),
-        "memory_gib": memory_gib(),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "keras_backend": keras.backend.backend(),
-        "gpu": None,
-    }
-
-
-def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return f"{value:,}" if isinstance(value, int) else str(value)
-
-
-def _runtime_words(runtime: dict[str, Any] | None) -> str:
-    """The runtime of (1) in a few words: ``Keras`` or ``LiteRT int8, 2 threads``."""
-    if not runtime or runtime.get("runtime") != "litert":
-        return "Keras"
-    return f"LiteRT {runtime.get('quantization', '?')}, {runtime.get('threads', '?')} threads"
-
-
-def table(figures: dict[str, Any], details: dict[str, Any]) -> list[str]:
-    """The figures as a Markdown table."""
-    f, d = figures, details
-    inf, dec = d["inference"], d["decode"]
-    lat = f.get("latency_ms") or {}
-    rows = [
-        ("1", "inference limit (`predict_raw`, batch "
-              f"{inf['batch']}, {inf['backbone']} {inf['image_size']} px, "
-              f"{_runtime_words(inf.get('runtime'))})",
-         f"{_fmt(f['inference_limit_ips'])} images/s",
-         f"`classify` (adds decoding the heads): {_fmt(inf['classify_images_per_s'])} images/s"),
-        ("2", "decode limit (`decode_image`, shared photos)",
-         f"{_fmt(dec['one_core_images_per_s'])} images/s on 1 core, "
-         f"{_fmt(f['decode_limit_ips'])} on {dec['cores']}",
-         f"median file {dec['median_file_kib']} KiB"),
-        ("3", "end to end, warm (every image in Redis)",
-         f"{_fmt(f.get('e2e_warm_pps'))} products/s",
-         f"ratio to (1): **{_fmt(f.get('ratio_warm'), 2)}** (target 0.9)"),
-        ("4", f"end to end, cold ({LATENCY_MS} ms per image, {IMAGE_HOSTS} image hosts)",
-         f"{_fmt(f.get('e2e_cold_pps'))} products/s",
-         f"ratio to min((1), (2)) = {_fmt(d.get('cold_bound_ips'))}: "
-         f"**{_fmt(f.get('ratio_cold'), 2)}** (target 0.8); to the shared-core bound "
-         f"{_fmt(d.get('cold_shared_bound_ips'))}: {_fmt(d.get('ratio_cold_shared'), 2)}"),
-        ("4b", "end to end, cold, all images on one host",
-         f"{_fmt(d.get('e2e_cold_one_host_pps'))} products/s",
-         f"per-host cap {d.get('per_host')} / {LATENCY_MS} ms = "
-         f"{_fmt(d.get('one_host_bound_pps'))} products/s"),
-        ("5", "naive sequential consumer, warm (0 ms server, no cache) / cold",
-         f"{_fmt(f.get('naive_warm_pps'), 2)} / {_fmt(f.get('naive_cold_pps'), 2)} products/s",
-         f"speed-up of (3): **{_fmt(d.get('speedup_warm'))}x**, of (4): "
-         f"**{_fmt(d.get('speedup_cold'))}x**"),
-    ]  # fmt: skip
-    for share in ("50%", "90%"):
-        if share in lat:
-            row = lat[share]
-            rows.append(
-                ("6", f"latency at {share} of (3) ({_fmt(row['offered_pps'])} products/s offered)",
-                 f"p50 {_fmt(row['p50'])} / p95 {_fmt(row['p95'])} / p99 {_fmt(row['p99'])} ms",
-                 f"{row['products']} products, event time to output timestamp")
-            )  # fmt: skip
-    rss = d.get("rss") or {}
-    rows += [
-        ("7", f"peak resident memory over a backlog of {_fmt(rss.get('products'))} products",
-         f"{_fmt(f.get('peak_rss_mb'))} MiB",
-         "RSS by share done: " + ", ".join(
-             f"{s['done_pct']} %: {s['rss_mb']:.0f}" for s in rss.get("by_progress", [])
-         ) + f" MiB; {_fmt(rss.get('products_per_s'))} products/s (cached 404s)"),
-        ("8", "`enrich replay`, warm cache", f"{_fmt(f.get('replay_pps'))} products/s",
-         f"{(d.get('replay') or {}).get('products')} products"),
-        ("9", "two instances in one group / one",
-         f"{_fmt(d.get('two_instances_pps'))} products/s",
-         f"ratio **{_fmt(f.get('two_instances_ratio'), 2)}** on {os.cpu_count()} cores"),
-        ("10", "GPU", "none", "no GPU was lent to this run"),
-    ]  # fmt: skip
-    lines = ["| # | figure | value | note |", "| --- | --- | --- | --- |"]
-    lines += [f"| {a} | {b} | {c} | {e} |" for a, b, c, e in rows]
-    return lines
-
-
-def profile_lines(profiles: dict[str, Any]) -> list[str]:
-    """The top of each py-spy profile."""
-    lines: list[str] = []
-    for name, summary in profiles.items():
-        lines += [
-            "",
-            f"### {name} ({summary['samples']} samples at 50 Hz, every thread, idle excluded)",
-            "",
-            "Threads: "
-            + ", ".join(f"{thread} {share} %" for thread, share in summary["threads"][:6]),
-            "",
-            "| self % | function | inclusive % | function |",
-            "| --- | --- | --- | --- |",
-        ]
-        pairs = zip(summary["self"], summary["inclusive"], strict=False)
-        for (own, own_share), (inc, inc_share) in pairs:
-            lines.append(f"| {own_share} | `{own}` | {inc_share} | `{inc}` |")
-    return lines
-
-
-def report(bench: Bench, command: str, started: dt.datetime, elapsed_s: float) -> str:
-    """The results file's Markdown."""
-    m = bench.details["machine"]
-    profiled_half = (bench.details.get("warm_inference") or {}).get("second_half") or {}
-    lines = [
-        f"# Service benchmark, {started:%Y-%m-%d %H:%M} UTC, {m['host']}"
-        + (" (quick)" if bench.args.quick else ""),
-        "",
-        f"Command: `{command}` ({elapsed_s / 60:.1f} min). Model: `{bench.model_dir}`.",
-        "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; Python "
-        f"{m['python']}, TensorFlow {m['tensorflow']}, Keras {m['keras']} "
-        f"({m['keras_backend']}); GPU: none. Kafka and Redis run on the same machine.",
-        "",
-        *table(bench.figures, bench.details),
-        "",
-        "Throughputs of backlogs run from the moment the service is ready (the backlog is "
-        "waiting; the model is loaded and warmed) to the last output's Kafka timestamp; (9) "
-        "from the start of producing; (5) and (8) first to last output. (3) counts the half of "
-        "the run before py-spy attached (the profiled half classified "
-        f"{_fmt(profiled_half.get('images_per_s'))} images/s by the service's counters); (4) "
-        "counts the whole run, "
-        "py-spy attached once half the images were classified (outputs leave in partition "
-        "order, in bursts, so there is no clean unprofiled half).",
-        "The naive consumer has no cache: its 'warm' run fetches every image from a 0 ms "
-        "server; it is the same consumer at 100 ms for 'cold'.",
-    ]
-    inference = {k: v for k, v in bench.details.items() if k.endswith("_inference")}
-    if inference:
-        lines += [
-            "",
-            "## The inference thread during the runs (the service's own counters)",
-            "",
-            "| run | half | images/s | mean batch | inference busy | images per busy second "
-            "| service CPU (cores) | service CPU ms per image | other processes (cores) "
-            "| busiest processes (cores) |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        for key, halves in inference.items():
-            for half, row in halves.items():
-                lines.append(
-                    f"| {key.removesuffix('_inference')} | {half.replace('_', ' ')} | "
-                    f"{_fmt(row['images_per_s'])} | {_fmt(row['mean_batch'])} | "
-                    f"{_fmt(row['inference_busy_share'], 2)} | "
-                    f"{_fmt(row['inference_images_per_busy_s'])} | "
-                    f"{_fmt(row['service_cores'], 2)} | "
-                    f"{_fmt(row['service_cpu_ms_per_image'], 2)} | "
-                    f"{_fmt(row['other_processes_cores'], 2)} | "
-                    + ", ".join(f"{n} {c}" for n, c in row["busiest_processes_cores"])
-                    + " |"
-                )
-    stalls = {k: v for k, v in bench.details.items() if k.endswith("_stalls")}
-    if stalls:
-        lines += ["", "Stalls (the service's counters every 0.5 s, ready to last output):", ""]
-        for key, row in stalls.items():
-            lines.append(
-                f"- {key.removesuffix('_stalls')}: {row['seconds']} s, of which "
-                f"{row['seconds_without_an_image_classified']} s without one image classified "
-                f"and {row['seconds_consumer_paused']} s with the consumer paused (in flight "
-                "at its bound)"
-            )
-    if bench.notes:
-        lines += ["", "## Notes", "", *[f"- {n}" for n in bench.notes]]
-    if bench.profiles:
-        lines += ["", "## Profiles (py-spy)", *profile_lines(bench.profiles)]
-    lines += ["", "## Statuses and details", "", "```json", dumps(bench.details).rstrip(), "```"]
-    return "\n".join(lines) + "\n"
-
-
-_ANALYSIS = re.compile(r"<!-- analysis -->.*?<!-- /analysis -->", re.S)
-
-
-def performance_doc(bench: Bench, command: str, results_file: Path, previous: str) -> str:
-    """docs/performance.md: the latest figures; the hand-written analysis block is kept."""
-    kept = _ANALYSIS.search(previous)
-    analysis = kept.group(0) if kept else "<!-- analysis -->\n<!-- /analysis -->"
-    m = bench.details["machine"]
-    lines = [
-        "# Performance",
-        "",
-        "How fast the service goes against what this machine allows, and against the obvious "
-        "sequential consumer, all measured in one run by `make bench` (`make bench-quick` for a "
-        "smaller run under 5 minutes). Figures by name: [`performance.json`](performance.json); "
-        f"the full run, with profiles: [`{results_file.name}`](../bench/results/"
-        f"{results_file.name}).",
-        "",
-        f"Measured {bench.details['date']} on {m['host']}: {m['cpu']}, {m['cores']} cores, "
-        f"{m['memory_gib']} GiB, TensorFlow {m['tensorflow']} on CPU; Kafka and Redis on the same "
-        f"machine. Command: `{command}`.",
-        "",
-        *table(bench.figures, bench.details),
-        "",
-        analysis,
-    ]
-    return "\n".join(lines) + "\n"
 
 
 def derive(bench: Bench) -> None:

@@ -47,16 +47,15 @@ from bench.harness import (
     PRODUCT,
     REPO_ROOT,
     Kafka,
-    Process,
     bootstrap_servers,
     free_port,
     load_photos,
     product_record,
     rate_since,
     redis_url,
-    rss_mb,
     shared_data,
 )
+from bench.processes import Process, rss_mb
 from tests.reliability.scenarios import Row, service_env
 
 WARMUP_SHARE = 0.2
@@ -499,7 +498,7 @@ def soak_row(
     letters); lost are inputs with neither. The row does not say whether it passed: the
     details' ``passed`` and ``reasons`` do. Needs Kafka, Redis and the shared photos.
     """
-    from bench.service_bench import default_model
+    from bench.service_limits import default_model
 
     shared = shared_data()
     work = work or REPO_ROOT / ".run" / "soak" / time.strftime("%Y%m%d-%H%M%S")

@@ -23,8 +23,9 @@ end-to-end training (:mod:`model.train`). The steps:
    When the backbone is the packaged one and was not fine-tuned, the heads alone are also
    written as a bundle, ``OUTPUT/heads/`` (:mod:`model.bundle`, a few hundred kilobytes).
 
-Augmentation on cached features is limited to views computed before caching: view 0 is
-the image, view 1 its mirror image (``feature_views=2``, the default).
+Augmentation on cached features is limited to views computed before caching
+(:mod:`model.views`): the image, its mirror image (``feature_views=2``, the default), a zoom
+on the centre and its mirror image (``feature_views=4``).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ from model.heads import attach_heads
 from model.plots import plot_training_curves
 from model.prepare import Prepared, TrainConfig, TrainResult, level_targets, prepare_data
 from model.validation import BestOnValidation
+from model.views import check_views, view_settings
+from model.views import view as augmented
 
 __all__ = ["cut_layer_name", "extract", "train_transfer"]
 
@@ -134,11 +137,6 @@ def _top_model(backbone: Any, cut: str) -> Any:
     return keras.Model(features.get_layer(cut).output, features.output)
 
 
-def _view(images: NDArray[np.uint8], view: int) -> NDArray[np.uint8]:
-    """View 0: the images; view 1: their mirror images."""
-    return images if view == 0 else images[:, :, ::-1, :]
-
-
 def extract(
     model: Any, images: NDArray[np.uint8], *, dtype: str, desc: str, progress: bool
 ) -> NDArray[Any]:
@@ -183,13 +181,15 @@ def _cached_features(
                 model = _bottom_model(backbone, cut)
             return extract(
                 model,
-                _view(missing, view),
+                augmented(missing, view),
                 dtype=dtype,
                 desc=f"features v{view}",
                 progress=progress,
             )
 
-        features, hit = cache.get_or_compute(images, {**settings, "view": view}, compute, digests)
+        features, hit = cache.get_or_compute(
+            images, {**settings, **view_settings(view)}, compute, digests
+        )
         parts.append(features)
         hits += hit
     return np.stack(parts), hits
@@ -320,8 +320,7 @@ def train_transfer(config: TrainConfig) -> TrainResult:
     started = time.monotonic()
     if config.weights is None:
         raise ModelError("transfer learning needs pretrained weights (--weights)")
-    if config.feature_views not in (1, 2):
-        raise ModelError(f"feature_views must be 1 or 2, got {config.feature_views}")
+    check_views(config.feature_views)
     keras.utils.set_random_seed(config.seed)
     data = prepare_data(config)
     progress = config.verbose > 0

@@ -125,10 +125,13 @@ def _option_flag(name: str) -> str:
 )
 @click.option(
     "--feature-views",
-    type=click.IntRange(1, 2),
+    type=click.IntRange(1, 4),
     default=2,
     show_default=True,
-    help="Transfer learning: cached views per training image (2 adds the mirror image).",
+    help=(
+        "Transfer learning: cached views per training image (2 adds the mirror image, "
+        "4 a zoom on the centre and its mirror image)."
+    ),
 )
 @click.option(
     "--cache-dir",

@@ -4,9 +4,11 @@ row per (variant, depth, heads), the accuracy/speed picture. The grid itself run
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from PIL import Image
 
 from bench.quality import summarise
@@ -43,3 +45,30 @@ def test_summary_averages_seeds_and_shows_their_spread(tmp_path: Path) -> None:
     with Image.open(tmp_path / "accuracy_vs_speed.png") as picture:
         assert picture.size[0] > 600
         assert picture.convert("L").getextrema()[0] < 200, "something is drawn"
+
+
+def test_resume_runs_only_the_cells_not_yet_measured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--resume keeps quality.json's cells and trains only the missing ones."""
+    import bench.quality as quality
+
+    (tmp_path / "quality.json").write_text(json.dumps([_row("lite0-frozen", 4, "leaf", 0, 0.9)]))
+    ran: list[tuple[str, int, str, int]] = []
+
+    def fake_run_one(
+        variant: quality.Variant, depth: int, heads: str, seed: int, out: Path
+    ) -> dict[str, Any]:
+        ran.append((variant.name, depth, heads, seed))
+        return _row(variant.name, depth, heads, seed, 0.8)
+
+    monkeypatch.setattr(quality, "run_one", fake_run_one)
+    monkeypatch.setattr(quality, "SHARED", tmp_path / "shared")
+    (tmp_path / "shared" / "fashion-products").mkdir(parents=True)
+    (tmp_path / "shared" / "fashion-products" / "labels.csv").write_text("")
+    argv = ["--output", str(tmp_path), "--variants", "lite0-frozen", "--heads", "leaf"]
+    argv += ["--depths", "4", "--seeds", "2", "--resume"]
+    assert quality.main(argv) == 0
+    assert ran == [("lite0-frozen", 4, "leaf", 1)]
+    rows = json.loads((tmp_path / "quality.json").read_text())
+    assert sorted((r["seed"], r["leaf_accuracy"]) for r in rows) == [(0, 0.9), (1, 0.8)]

@@ -13,26 +13,15 @@ from model.errors import ModelError
 from model.open_set import OpenSetSettings, combine, combine_many, common_prefix, cut_at
 from model.taxonomy import Taxonomy, TruncatedTaxonomy
 from model.vocabulary import Vocabulary
+from tests.support.decode import SMALL
 
-# The hand-made taxonomy of test_decode, depth 3:
+# SMALL is the hand-made taxonomy of test_decode, depth 3:
 #   1 A ── 2 B ── 3 H        leaves: H I C E F G (3, 4, 5, 7, 8, 9)
 #     │     └──── 4 I
 #     └─ 5 C
 #   6 D ── 7 E
 #     └─ 8 F
 #   9 G
-SMALL = """\
-# Google_Product_Taxonomy_Version: 2000-01-01
-1 - A
-2 - A > B
-3 - A > B > H
-4 - A > B > I
-5 - A > C
-6 - D
-7 - D > E
-8 - D > F
-9 - G
-"""
 NAMES = dict(zip(range(1, 10), "ABHICDEFG", strict=True))
 KNOWN = frozenset({3, 5, 7})
 """The leaves the text model learnt: H, C and E (not I, F or G)."""
