@@ -48,6 +48,7 @@ class Variant:
     fine_tune_blocks: int = 0
     fine_tune_epochs: int = 3
     feature_views: int = 2
+    augmented_epochs: int = 0
 
 
 GRID = (
@@ -59,6 +60,7 @@ GRID = (
     Variant("lite1-tuned5", "efficientnet_lite1", fine_tune_blocks=5),
     Variant("lite1-tuned5-long", "efficientnet_lite1", fine_tune_blocks=5, fine_tune_epochs=10),
     Variant("lite1-tuned5-zoom", "efficientnet_lite1", fine_tune_blocks=5, feature_views=4),
+    Variant("lite1-tuned5-aug", "efficientnet_lite1", fine_tune_blocks=5, augmented_epochs=5),
     Variant("lite2-frozen", "efficientnet_lite2"),
 )
 VARIANTS = {variant.name: variant for variant in GRID}
@@ -110,6 +112,7 @@ def run_one(variant: Variant, depth: int, heads: str, seed: int, out: Path) -> d
         fine_tune_blocks=variant.fine_tune_blocks,
         fine_tune_epochs=variant.fine_tune_epochs,
         feature_views=variant.feature_views,
+        augmented_epochs=variant.augmented_epochs,
         cache_dir=RUNS / "cache",
         seed=seed,
         name=f"quality-{name}",
@@ -141,6 +144,7 @@ def run_one(variant: Variant, depth: int, heads: str, seed: int, out: Path) -> d
         "fine_tune_blocks": variant.fine_tune_blocks,
         "fine_tune_epochs": variant.fine_tune_epochs,
         "feature_views": variant.feature_views,
+        "augmented_epochs": variant.augmented_epochs,
         "depth": depth,
         "heads": heads,
         "seed": seed,

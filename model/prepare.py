@@ -94,6 +94,9 @@ class TrainConfig:
     fine_tune_learning_rate: float = 1e-4
     feature_views: int = 2
     """Transfer learning: cached views of each training image (1: as is; 2: and mirrored)."""
+    augmented_epochs: int = 0
+    """Transfer learning: epochs of the top blocks end to end on randomly augmented images,
+    after fine-tuning on cached activations (needs ``fine_tune_blocks``)."""
 
 
 @dataclass

@@ -16,7 +16,11 @@ end-to-end training (:mod:`model.train`). The steps:
    final 1x1 convolution and the heads are then trained together for a few epochs at a low
    learning rate, with every BatchNormalization kept frozen (inference statistics, as the
    small batches of a CPU run would only damage them).
-4. **Export.** The backbone with its fine-tuned blocks and the heads become one ordinary
+4. **Augmented images, end to end (optional).** With ``augmented_epochs=N`` the assembled
+   model goes on training the same top blocks and heads for up to ``N`` epochs on images
+   augmented anew for every batch (:mod:`model.augmented_tune`); kept only when the
+   validation score beats the stages before.
+5. **Export.** The backbone with its fine-tuned blocks and the heads become one ordinary
    model directory (:func:`model.classifier.save_model`): the service and ``enrich
    evaluate`` cannot tell it from an end-to-end model. Before saving, the assembled model's
    outputs on a few validation images are checked against the trained parts' outputs.
@@ -44,6 +48,7 @@ import structlog
 from numpy.typing import NDArray
 from tqdm import tqdm
 
+from model.augmented_tune import AugmentedBatches, tune_augmented
 from model.backbones import IMAGENET_LITE, build_backbone
 from model.build import build_model, compile_model, count_params
 from model.bundle import save_bundle
@@ -321,6 +326,12 @@ def train_transfer(config: TrainConfig) -> TrainResult:
     if config.weights is None:
         raise ModelError("transfer learning needs pretrained weights (--weights)")
     check_views(config.feature_views)
+    if config.augmented_epochs < 0 or (config.augmented_epochs and not config.fine_tune_blocks):
+        raise ModelError(
+            "augmented_epochs needs fine_tune_blocks (the blocks it trains), "
+            f"got augmented_epochs={config.augmented_epochs}, "
+            f"fine_tune_blocks={config.fine_tune_blocks}"
+        )
     keras.utils.set_random_seed(config.seed)
     data = prepare_data(config)
     progress = config.verbose > 0
@@ -443,6 +454,34 @@ def train_transfer(config: TrainConfig) -> TrainResult:
     _check_assembly(
         full, reference, np.asarray(reference_inputs[sample]), data.validation.images[sample]
     )
+    augmented_kept = False
+    if config.augmented_epochs and cut is not None:
+        augmenter = _scorer(data, decoder, config, history, data.validation.images, stage=2.0)
+        augmenter.best = best  # it must beat the stages before to be kept
+        epochs_before = len(history.get("loss", []))
+        began = time.monotonic()
+        augmented_kept = tune_augmented(
+            full,
+            _features_model(full.get_layer(f"{config.backbone}_backbone")),
+            cut,
+            AugmentedBatches(
+                data.train.images,
+                level_targets(data.vocabulary, config.heads, data.train.true_ids),
+                batch_size=config.batch_size,
+                seed=config.seed + 2,
+            ),
+            augmenter,
+            epochs=config.augmented_epochs,
+            learning_rate=config.fine_tune_learning_rate,
+            level_weights=config.level_weights,
+            heads=config.heads,
+            verbose=config.verbose,
+        )
+        timings["augmented_s"] = time.monotonic() - began
+        if augmented_kept:
+            best, best_epoch = augmenter.best, epochs_before + augmenter.best_epoch
+        else:
+            log.info("augmented_not_better", score=best)
     elapsed = time.monotonic() - started
     summary = {
         "labels": [str(p) for p, _ in config.sources] or str(config.dataset or config.labels),
@@ -453,6 +492,8 @@ def train_transfer(config: TrainConfig) -> TrainResult:
             "feature_views": config.feature_views,
             "fine_tune_blocks": config.fine_tune_blocks,
             "fine_tune_kept": backbone_changed,
+            "augmented_epochs": config.augmented_epochs,
+            "augmented_kept": augmented_kept,
             "cut": cut,
             "cached_features": train_hits + valid_hits,
             "computed_features": computed,
@@ -488,7 +529,7 @@ def train_transfer(config: TrainConfig) -> TrainResult:
     (config.output / "history.json").write_text(json.dumps(history, indent=1))
     (config.output / "config.json").write_text(json.dumps(asdict(config), indent=1, default=str))
     plot_training_curves(history, config.output / "training_curves.png")
-    if config.weights == IMAGENET_LITE and not backbone_changed:
+    if config.weights == IMAGENET_LITE and not (backbone_changed or augmented_kept):
         # The backbone is the packaged one: the heads alone rebuild the model (model.bundle).
         save_bundle(
             config.output / "heads",
