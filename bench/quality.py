@@ -61,6 +61,7 @@ GRID = (
     Variant("lite1-tuned5-long", "efficientnet_lite1", fine_tune_blocks=5, fine_tune_epochs=10),
     Variant("lite1-tuned5-zoom", "efficientnet_lite1", fine_tune_blocks=5, feature_views=4),
     Variant("lite1-tuned5-aug", "efficientnet_lite1", fine_tune_blocks=5, augmented_epochs=5),
+    Variant("lite1-tuned5-aug10", "efficientnet_lite1", fine_tune_blocks=5, augmented_epochs=10),
     Variant("lite2-frozen", "efficientnet_lite2"),
 )
 VARIANTS = {variant.name: variant for variant in GRID}

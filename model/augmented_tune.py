@@ -8,7 +8,8 @@ for every batch: a random square crop of 80-100% of the side, resized back, mirr
 of the time, with brightness (+-15%) and contrast (0.8-1.2) jitter, as end-to-end training
 (:mod:`model.train`) does. Only what fine-tuning on activations trained learns here: the
 blocks above the cut, the final 1x1 convolution and the heads; the layers below the cut and
-every BatchNormalization stay frozen.
+every BatchNormalization stay frozen. The learning rate (the fine-tuning one) decays along a
+cosine over the epochs asked for.
 
 Each epoch runs the whole backbone forward over every training image (nothing can be
 cached: the inputs change), so it costs many times an epoch on cached activations; it is
@@ -156,6 +157,9 @@ def tune_augmented(
 ) -> bool:
     """Train ``model`` on ``batches``; keep its best epoch if it beats ``scorer.best``.
 
+    The learning rate starts at ``learning_rate`` and decays along a cosine to 1% of it over
+    the ``epochs``.
+
     ``features`` is the backbone's feature extractor inside ``model`` and ``cut`` the last
     frozen layer. Returns whether the weights changed: when no epoch beats the score the
     scorer started from, the model's weights are put back as they were.
@@ -168,7 +172,10 @@ def tune_augmented(
     ]
     set_top_trainable(features, cut, after_backbone)
     before = model.get_weights()
-    compile_model(model, level_weights=level_weights, learning_rate=learning_rate, heads=heads)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=learning_rate, decay_steps=max(1, epochs * len(batches)), alpha=0.01
+    )
+    compile_model(model, level_weights=level_weights, learning_rate=schedule, heads=heads)
     model.fit(batches, epochs=epochs, callbacks=[scorer], verbose=verbose)
     if scorer.best_weights is None:
         model.set_weights(before)

@@ -28,6 +28,7 @@ _IMAGE_ONLY = (
     "fine_tune_epochs",
     "fine_tune_learning_rate",
     "feature_views",
+    "augmented_epochs",
     "cache_dir",
     "schedule",
     "warmup_epochs",
@@ -134,6 +135,17 @@ def _option_flag(name: str) -> str:
     ),
 )
 @click.option(
+    "--augmented-epochs",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help=(
+        "Transfer learning: after --fine-tune-blocks on cached activations, train those blocks "
+        "and the heads end to end on randomly augmented images for up to this many epochs "
+        "(each runs the whole backbone over every training image)."
+    ),
+)
+@click.option(
     "--cache-dir",
     type=OUTPUT_DIR,
     default=None,
@@ -229,6 +241,7 @@ def train_command(
     fine_tune_epochs: int,
     fine_tune_learning_rate: float,
     feature_views: int,
+    augmented_epochs: int,
     cache_dir: Path | None,
     heads: str,
     vocabulary: str,
@@ -310,6 +323,8 @@ def train_command(
         raise click.UsageError("give --labels and --images in pairs (one --images per --labels)")
     if weights is None and (fine_tune_blocks or end_to_end):
         raise click.UsageError("--fine-tune-blocks and --end-to-end need pretrained --weights")
+    if augmented_epochs and not fine_tune_blocks:
+        raise click.UsageError("--augmented-epochs needs --fine-tune-blocks (the blocks it trains)")
     configure_logging()
     chosen = backbone or DEFAULT_BACKBONE
     size = image_size or (DEFAULT_IMAGE_SIZE if chosen == DEFAULT_BACKBONE else None)
@@ -328,6 +343,7 @@ def train_command(
         fine_tune_epochs=fine_tune_epochs,
         fine_tune_learning_rate=fine_tune_learning_rate,
         feature_views=feature_views,
+        augmented_epochs=augmented_epochs,
         cache_dir=cache_dir,
         heads=heads,  # type: ignore[arg-type]
         vocabulary=vocabulary,  # type: ignore[arg-type]

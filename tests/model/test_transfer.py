@@ -225,6 +225,7 @@ def test_train_command_learns_from_two_sources_at_once(
         (["--fine-tune-blocks", "2"], "need pretrained --weights"),
         (["--end-to-end"], "need pretrained --weights"),
         (["--feature-views", "5"], "1<=x<=4"),
+        (["--weights", "imagenet-lite", "--augmented-epochs", "2"], "needs --fine-tune-blocks"),
         (["--weights", "no-such-file.h5"], "does not exist"),
         (["--labels", "{labels}"], "in pairs"),
     ],
