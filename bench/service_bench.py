@@ -310,6 +310,27 @@ class Bench:
                                   "wall_s_with_start": round(wall, 1)}  # fmt: skip
         say(f"    replay_pps = {self.figures['replay_pps']}; {self.details['replay']}")
 
+    def floor(self) -> None:
+        """(3c): the floor consumer (`bench.floor_consumer`) over the warm topic: the least any
+        consumer of this architecture does per product, so the ceiling of the ratio (3)/(1)."""
+        target = self.kafka.topic("floor-out")
+        total = self.kafka.total(self.warm_topic)
+        say(f"(3c) floor consumer: {total} products of the warm topic")
+        args = ["bench.floor_consumer", "--model", str(self.model_dir), "--source",
+                self.warm_topic, "--target", target, "--count", str(total),
+                "--bootstrap", self.kafka.bootstrap, "--redis", redis_url()]  # fmt: skip
+        log = self.work / "floor.log"
+        process = Process(args, self.env(), log).start()
+        code = process.wait(self.timeout(total))
+        self.details["floor_exit"] = code
+        lines = [x for x in log.read_text().splitlines() if x.startswith("{")]
+        if code != 0 or not lines:
+            self.notes.append(f"the floor consumer failed (exit {code}); see {log}")
+            return
+        self.details["floor"] = json.loads(lines[-1])
+        self.figures["floor_pps"] = self.details["floor"]["products_per_s"]
+        say(f"    floor_pps = {self.figures['floor_pps']}; {self.details['floor']}")
+
     def two_instances(self, slow: ImageHosts, cold_count: int, count: int) -> None:
         """(9): two `serve` processes in one group on warm products, against (3)."""
         source, target = self.kafka.topic("two-in"), self.kafka.topic("two-out")
@@ -399,6 +420,8 @@ def derive(bench: Bench) -> None:
     inference, decode = f["inference_limit_ips"], f["decode_limit_ips"]
     warm, cold = f.get("e2e_warm_pps"), f.get("e2e_cold_pps")
     f["ratio_warm"] = round(warm / inference, 3) if warm else None
+    floor = f.get("floor_pps")
+    f["ratio_floor"] = round(floor / inference, 3) if floor else None
     bound = min(inference, decode)
     d["cold_bound_ips"] = round(bound, 1)
     # On shared cores an image costs its decode and its inference, one after the other.
@@ -413,7 +436,7 @@ def derive(bench: Bench) -> None:
     d["speedup_cold"] = round(cold / naive_cold, 1) if cold and naive_cold else None
 
 
-FIGURE_ORDER = ("cold", "warm", "memory", "replay", "two", "single", "naive")
+FIGURE_ORDER = ("cold", "warm", "floor", "memory", "replay", "two", "single", "naive")
 
 
 def run(args: argparse.Namespace) -> Bench:
@@ -456,10 +479,12 @@ def run(args: argparse.Namespace) -> Bench:
     fast = ImageHosts(photos, hosts=IMAGE_HOSTS).start()
     slow = ImageHosts(photos, hosts=IMAGE_HOSTS, latency_s=LATENCY_MS / 1000).start()
     try:
-        if "cold" in only or "warm" in only or "replay" in only or "two" in only:
+        if only & {"cold", "warm", "floor", "replay", "two"}:
             bench.cold(slow, sizes.cold_products)
-        if "warm" in only or "replay" in only:
+        if only & {"warm", "floor", "replay"}:
             bench.warm_and_latency(slow, sizes.cold_products, sizes.warm_products)
+        if "floor" in only:
+            bench.floor()
         if "memory" in only:
             bench.memory(fast, sizes.rss_products)
         if "replay" in only:

@@ -51,6 +51,13 @@ def _runtime_words(runtime: dict[str, Any] | None) -> str:
     return f"LiteRT {runtime.get('quantization', '?')}, {runtime.get('threads', '?')} threads"
 
 
+def _floor_cpu(floor: dict[str, Any] | None) -> str:
+    """The floor consumer's CPU per product, by process."""
+    if not floor:
+        return "n/a"
+    return ", ".join(f"{k} {v}" for k, v in floor["cpu_ms_per_product"].items())
+
+
 def table(figures: dict[str, Any], details: dict[str, Any]) -> list[str]:
     """The figures as a Markdown table."""
     f, d = figures, details
@@ -69,6 +76,10 @@ def table(figures: dict[str, Any], details: dict[str, Any]) -> list[str]:
         ("3", "end to end, warm (every image in Redis)",
          f"{_fmt(f.get('e2e_warm_pps'))} products/s",
          f"ratio to (1): **{_fmt(f.get('ratio_warm'), 2)}** (target 0.9)"),
+        ("3c", "floor consumer, warm: the least work per product (`bench.floor_consumer`)",
+         f"{_fmt(f.get('floor_pps'))} products/s",
+         f"ratio to (1): **{_fmt(f.get('ratio_floor'), 2)}**, what the least work reaches here; "
+         f"CPU ms per product: {_floor_cpu(d.get('floor'))}"),
         ("4", f"end to end, cold ({LATENCY_MS} ms per image, {IMAGE_HOSTS} image hosts)",
          f"{_fmt(f.get('e2e_cold_pps'))} products/s",
          f"ratio to min((1), (2)) = {_fmt(d.get('cold_bound_ips'))}: "

@@ -7,7 +7,9 @@ The report directory gets:
 - ``confusion_top50.png`` / ``.csv``: the most valuable true categories against what the
   model said, row-normalised, the most valuable top left;
 - ``coverage.png``: coverage and accuracy as the abstain threshold moves;
-- ``reliability.png``: the reliability diagram (accuracy against confidence, 15 bins).
+- ``reliability.png``: the reliability diagram (accuracy against confidence, 15 bins);
+- ``mistakes.csv`` / ``mistakes.png``: every wrong image, and a gallery of the most confident
+  mistakes (see :mod:`model.mistakes`; no gallery when there is no mistake).
 
 Figures: per level, accuracy of the decoded path's node and top-5 of that level's head;
 leaf accuracy (micro: per image, the decoded leaf equals the true category truncated to the
@@ -59,6 +61,7 @@ from model.metrics import (
     read_business_values_many,
     weighted_accuracy,
 )
+from model.mistakes import find_mistakes, plot_mistakes, write_mistakes_csv
 from model.plots import plot_confusion, plot_coverage, plot_reliability
 from model.taxonomy import Taxonomy, TruncatedTaxonomy
 
@@ -260,6 +263,16 @@ def _markdown(report: Mapping[str, Any]) -> str:
                 f"| {entry['lower']:.3f}-{entry['upper']:.3f} | {entry['count']:,} "
                 f"| {entry['confidence']:.4f} | {entry['accuracy']:.4f} |"
             )
+    if "mistakes.png" in report["files"]:
+        lines += [
+            "",
+            "## The most confident mistakes",
+            "",
+            "![mistakes](mistakes.png)",
+            "",
+            f"True category, then → what the model said and its confidence; all "
+            f"{report['mistakes']:,} mistakes are in `mistakes.csv`.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -440,6 +453,12 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     ece = expected_calibration_error(calibration_confidence, correct, DEFAULT_CALIBRATION_BINS)
 
     config.output.mkdir(parents=True, exist_ok=True)
+    wrong = find_mistakes(kept, true_nodes, predictions, truncated)
+    write_mistakes_csv(wrong, config.output / "mistakes.csv")
+    gallery = ["mistakes.png"] if wrong else []
+    if wrong:
+        title = f"{classifier.info.name}: the most confident of {len(wrong)} mistakes"
+        plot_mistakes(wrong, images, config.output / "mistakes.png", title=title)
     confusion.write_csv(config.output / "confusion_top50.csv")
     plot_confusion(
         confusion,
@@ -516,7 +535,10 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             "confusion_top50.csv",
             "coverage.png",
             "reliability.png",
+            "mistakes.csv",
+            *gallery,
         ],
+        "mistakes": len(wrong),
     }
     (config.output / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n")
     (config.output / "report.md").write_text(_markdown(report))

@@ -34,6 +34,7 @@ __all__ = [
     "plot_coverage",
     "plot_reliability",
     "plot_training_curves",
+    "save_png",
 ]
 
 DPI = 120
@@ -43,7 +44,7 @@ _LABEL_CHARS = 30
 """Longest category name in a tick label before it is cut with an ellipsis (the id is kept)."""
 
 
-def _save(figure: Figure, path: str | os.PathLike[str]) -> None:
+def save_png(figure: Figure, path: str | os.PathLike[str]) -> None:
     """Save ``figure`` as PNG at ``path`` and close it, whatever happens."""
     file = Path(path)
     try:
@@ -110,7 +111,7 @@ def plot_confusion(
     except BaseException:
         plt.close(figure)
         raise
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def _cells(confusion: ConfusionTop) -> list[tuple[tuple[int, int], float]]:
@@ -156,7 +157,7 @@ def plot_coverage(
     except BaseException:
         plt.close(figure)
         raise
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def plot_reliability(
@@ -200,7 +201,7 @@ def plot_reliability(
     except BaseException:
         plt.close(figure)
         raise
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def _series(values: Sequence[float | None]) -> list[float]:
@@ -268,7 +269,7 @@ def plot_training_curves(
     except BaseException:
         plt.close(figure)
         raise
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def _metric_value(row: Mapping[str, Any], metric: str) -> float:
@@ -326,4 +327,4 @@ def plot_comparison(
     except BaseException:
         plt.close(figure)
         raise
-    _save(figure, path)
+    save_png(figure, path)

@@ -428,7 +428,7 @@ def evaluate_command(
     split: str,
     batch_size: int,
 ) -> None:
-    """Evaluate a model: report.json, report.md, confusion, coverage and reliability pictures.
+    """Evaluate a model: report.json, report.md, confusion, coverage, reliability and mistakes.
 
     Several labelled sources are evaluated together with --labels A --images A_ROOT --labels
     B --images B_ROOT (paired in order); the report adds each source's own figures.

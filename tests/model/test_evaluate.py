@@ -212,6 +212,23 @@ class TestTwoSources:
         for name in ("confusion_top50.png", "coverage.png", "reliability.png"):
             assert _is_picture(output / name), name
 
+    def test_every_mistake_is_listed_and_the_most_confident_drawn(
+        self, two_sources: tuple[Path, dict[str, Any]]
+    ) -> None:
+        """mistakes.csv has one row per wrong image (the untrained model makes many), the most
+        confident first, and the report links the gallery."""
+        output, report = two_sources
+        with (output / "mistakes.csv").open() as stream:
+            rows = list(csv.DictReader(stream))
+        wrong = round(report["data"]["images"] * (1 - report["leaf_accuracy"]))
+        assert len(rows) == report["mistakes"] == wrong > 0
+        assert all(row["true_id"] != row["predicted_id"] for row in rows)
+        confidences = [float(row["confidence"]) for row in rows]
+        assert confidences == sorted(confidences, reverse=True)
+        assert {row["source"] for row in rows} <= {"product-images", "fashion-products"}
+        assert _is_picture(output / "mistakes.png")
+        assert "![mistakes](mistakes.png)" in (output / "report.md").read_text()
+
     def test_a_source_without_the_split_is_named(
         self,
         model_dir: Path,
