@@ -124,7 +124,7 @@ def _infer(
 
         return delivered
 
-    while (item := batches.get()) is not _DONE:
+    def produce_batch(item: Any) -> None:
         messages, products, hits = item
         predictions = classifier.classify([hit.pixels for hit in hits])
         for message, product, hit, prediction in zip(
@@ -133,13 +133,24 @@ def _infer(
             reference = (message.topic(), message.partition(), message.offset())
             record = enrichment(
                 product, status=prediction.status, model=model, source=reference,
-                prediction=prediction, image=ImageInfo(product.image_url or "", hit.sha256, True),
+                prediction=prediction,
+                image=ImageInfo(product.image_url or "", hit.sha256, True),
             )  # fmt: skip
             producer.produce(
                 target, key=message.key(), value=codec.encode(record),
                 on_delivery=stores(message),
             )  # fmt: skip
         producer.poll(0)
+
+    broken = False
+    while (item := batches.get()) is not _DONE:
+        if broken:
+            continue  # keep taking batches so the main thread never blocks on a dead worker
+        try:
+            produce_batch(item)
+        except Exception as exc:  # reported by `run` once the main thread is done
+            failures.append(f"inference thread: {type(exc).__name__}: {exc}")
+            broken = True
 
 
 def run(

@@ -311,8 +311,8 @@ class Bench:
         say(f"    replay_pps = {self.figures['replay_pps']}; {self.details['replay']}")
 
     def floor(self) -> None:
-        """(3c): the floor consumer (`bench.floor_consumer`) over the warm topic: the least any
-        consumer of this architecture does per product, so the ceiling of the ratio (3)/(1)."""
+        """(3c): the floor consumer (`bench.floor_consumer`) over the warm topic: what a consumer
+        of this architecture doing only the unavoidable work per product reaches, beside (3)."""
         target = self.kafka.topic("floor-out")
         total = self.kafka.total(self.warm_topic)
         say(f"(3c) floor consumer: {total} products of the warm topic")

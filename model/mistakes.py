@@ -72,9 +72,10 @@ def find_mistakes(
             true_name=truncated.name(true),
             predicted_id=prediction.leaf_id,
             predicted_name=truncated.name(prediction.leaf_id),
-            confidence=float(prediction.alternatives[0].probability)
-            if prediction.alternatives
-            else float(prediction.confidence),
+            # As evaluate's reliability: the decoded path's last node (the leaf at threshold 0).
+            confidence=float(
+                prediction.path[-1].confidence if prediction.path else prediction.confidence
+            ),
         )
         for index, (row, true, prediction) in enumerate(
             zip(rows, true_nodes, predictions, strict=True)
@@ -122,17 +123,21 @@ def plot_mistakes(
     figure, axes = plt.subplots(
         rows, columns, figsize=(2.3 * columns, 2.75 * rows + 0.5), squeeze=False
     )
-    for axis in axes.flat:
-        axis.axis("off")
-    for axis, mistake in zip(axes.flat, shown, strict=False):
-        axis.imshow(images[mistake.index])
-        axis.set_title(
-            f"{_short(mistake.true_name)}\n→ {_short(mistake.predicted_name)} "
-            f"({mistake.confidence:.2f})",
-            fontsize=8,
-            color="firebrick",
-        )
-    figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
+    try:
+        for axis in axes.flat:
+            axis.axis("off")
+        for axis, mistake in zip(axes.flat, shown, strict=False):
+            axis.imshow(images[mistake.index])
+            axis.set_title(
+                f"{_short(mistake.true_name)}\n→ {_short(mistake.predicted_name)} "
+                f"({mistake.confidence:.2f})",
+                fontsize=8,
+                color="firebrick",
+            )
+        figure.suptitle(title, fontsize=10)
+        figure.tight_layout()
+    except BaseException:
+        plt.close(figure)
+        raise
     save_png(figure, path)
     return len(shown)
