@@ -333,6 +333,18 @@ class Kafka:
         return outputs
 
 
+def timeline(outputs: Sequence[Output], start_ms: int, step_ms: int = 500) -> dict[str, Any]:
+    """When the outputs came, from ``start_ms``: the first one's delay and the count in each
+    ``step_ms`` after it (to tell a slow start or a slow end from a slow middle)."""
+    if not outputs:
+        return {"first_output_ms": None, "step_ms": step_ms, "counts": []}
+    first = outputs[0].timestamp_ms
+    counts = [0] * ((outputs[-1].timestamp_ms - first) // step_ms + 1)
+    for output in outputs:
+        counts[(output.timestamp_ms - first) // step_ms] += 1
+    return {"first_output_ms": first - start_ms, "step_ms": step_ms, "counts": counts}
+
+
 def rate(outputs: Sequence[Output]) -> float:
     """Records/s between the first and the last output timestamp."""
     if len(outputs) < 2:

@@ -57,6 +57,7 @@ from bench.harness import (
     redis_url,
     service_env,
     shared_data,
+    timeline,
 )
 from bench.processes import CounterSampler, Process, RssSampler
 from bench.profiling import Profiler, percentiles, summarize_profile
@@ -183,6 +184,7 @@ class Bench:
         profiler attached (to the last output without one)."""
         statuses = Counter(o.status for o in outputs)
         self.details[f"{name}_statuses"] = dict(statuses)
+        self.details[f"{name}_timeline"] = timeline(outputs, ready_ms)
         if profiled_from_ms:
             before = [o for o in outputs if o.timestamp_ms < profiled_from_ms]
             after = [o for o in outputs if o.timestamp_ms >= profiled_from_ms + 500]

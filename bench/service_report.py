@@ -202,12 +202,34 @@ def report(bench: Bench, command: str, started: dt.datetime, elapsed_s: float) -
                 f"and {row['seconds_consumer_paused']} s with the consumer paused (in flight "
                 "at its bound)"
             )
+    timelines = {k: v for k, v in bench.details.items() if k.endswith("_timeline")}
+    if timelines:
+        lines += ["", "Outputs over time (Kafka timestamps, 0.5 s steps from the first):", ""]
+        for key, row in timelines.items():
+            lines.append(f"- {key.removesuffix('_timeline')}: {timeline_line(row)}")
     if bench.notes:
         lines += ["", "## Notes", "", *[f"- {n}" for n in bench.notes]]
     if bench.profiles:
         lines += ["", "## Profiles (py-spy)", *profile_lines(bench.profiles)]
     lines += ["", "## Statuses and details", "", "```json", dumps(bench.details).rstrip(), "```"]
     return "\n".join(lines) + "\n"
+
+
+def timeline_line(row: dict[str, Any]) -> str:
+    """One run's timeline in words: the first output's delay, the longest stretch without an
+    output and the steps themselves."""
+    counts: list[int] = row["counts"]
+    if not counts:
+        return "no output"
+    longest = run = 0
+    for count in counts:
+        run = run + 1 if count == 0 else 0
+        longest = max(longest, run)
+    step_s = row["step_ms"] / 1000
+    return (
+        f"first {row['first_output_ms']} ms after ready; longest stretch without an output "
+        f"{longest * step_s:.1f} s; per step: {' '.join(str(c) for c in counts)}"
+    )
 
 
 _ANALYSIS = re.compile(r"<!-- analysis -->.*?<!-- /analysis -->", re.S)

@@ -1,9 +1,13 @@
 """Lag per assigned partition, and the partitions that stopped fetching while they had lag.
 
-Every ``lag_interval_s`` the main loop asks :class:`LagWatch` to read the high watermark of
-each assigned partition and set ``enrich_lag`` (high watermark minus the next offset to
-take: after the last one taken, or the offset the partition was assigned at when none was
-taken yet, so a partition that never gave a message shows its whole backlog).
+Every ``lag_interval_s`` the main loop asks :class:`LagWatch` to check: the watch applies the
+high watermarks its last reading found and starts the next reading in a thread of its own,
+so the main loop never waits for the broker. (Read in the main loop, one broker round trip
+per partition with a 1 s timeout, the watermarks stopped consuming and producing for up to
+1.5 s at a time under load: docs/performance.md.) ``enrich_lag`` is the high watermark minus
+the next offset to take: after the last one taken, or the offset the partition was assigned
+at when none was taken yet, so a partition that never gave a message shows its whole
+backlog.
 
 A partition that has lag, is not paused by the service, and has given no message for
 ``stall_timeout_s`` is **stalled**: librdkafka stopped fetching it without saying so (seen
@@ -17,8 +21,10 @@ output. 0 turns the watch off (the lag is still measured).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Collection
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import structlog
 from confluent_kafka import TopicPartition
@@ -32,6 +38,8 @@ __all__ = ["LagWatch"]
 log = structlog.get_logger(__name__)
 
 Partition = tuple[str, int]
+Reading = dict[Partition, int | None]
+"""The high watermark of each partition read (None: the broker did not answer for it)."""
 
 
 class LagWatch:
@@ -55,6 +63,10 @@ class LagWatch:
         """The next offset to take per assigned partition."""
         self._moved: dict[Partition, float] = {}
         """When each assigned partition last gave a message (or was assigned)."""
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lag")
+        self._reading: Future[Reading] | None = None
+        self._closing = threading.Event()
+        self._reachable = True
 
     def assigned(self, key: Partition, offset: int) -> None:
         """A partition was assigned and starts at ``offset``."""
@@ -81,22 +93,51 @@ class LagWatch:
                 self._moved[key] = now
 
     def check(self, *, fetching: Callable[[Partition], bool]) -> bool:
-        """Read every assigned partition's high watermark, set the lag gauges and restart the
-        stalled partitions that ``fetching`` says should be fetching; whether the broker
-        answered (every reading failed: False)."""
+        """Set the lag gauges from the last finished reading of the high watermarks, restart
+        the stalled partitions that ``fetching`` says should be fetching, and start the next
+        reading; never waits for the broker. Returns whether the broker answered the last
+        finished reading (every partition unanswered: False)."""
+        if self._reading is not None and self._reading.done():
+            reading, self._reading = self._reading.result(), None
+            self._apply(reading, fetching)
+        if not self._next:
+            self._reachable = True  # nothing to read: nothing says the broker is gone
+        elif self._reading is None and not self._closing.is_set():
+            self._reading = self._reader.submit(self._read, list(self._next))
+        return self._reachable
+
+    def close(self) -> None:
+        """Stop reading: wait for the reading under way (it gives up after the partition it is
+        on), so the consumer may be closed."""
+        self._closing.set()
+        self._reader.shutdown(wait=True)
+
+    def _read(self, keys: list[Partition]) -> Reading:
+        """The high watermarks of ``keys``, one broker round trip each (the reader thread)."""
+        reading: Reading = {}
+        for topic, partition in keys:
+            if self._closing.is_set():
+                break
+            try:
+                reading[(topic, partition)] = self.consumer.high_watermark(topic, partition)
+            except Exception:  # a lag reading is best effort
+                reading[(topic, partition)] = None
+        return reading
+
+    def _apply(self, reading: Reading, fetching: Callable[[Partition], bool]) -> None:
+        """Gauges and stall restarts from one reading (the main thread)."""
         answered = None
         now = self.clock()
-        for key, position in list(self._next.items()):
-            topic, partition = key
-            try:
-                _, high = self.consumer.client.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=1.0, cached=False
-                )
-            except Exception:  # a lag reading is best effort
+        for key, high in reading.items():
+            position = self._next.get(key)
+            if position is None:  # revoked since
+                continue
+            if high is None:
                 answered = answered or False
                 continue
             answered = True
-            lag = max(0, int(high) - position)
+            topic, partition = key
+            lag = max(0, high - position)
             self.metrics.lag.labels(topic, str(partition)).set(lag)
             silent = now - self._moved.get(key, now)
             if (
@@ -106,7 +147,7 @@ class LagWatch:
                 and fetching(key)
             ):
                 self._restart(key, position, lag, silent)
-        return answered is not False
+        self._reachable = answered is not False
 
     def _restart(self, key: Partition, position: int, lag: int, silent: float) -> None:
         """Seek a stalled partition to its next offset and resume it."""

@@ -568,6 +568,7 @@ class EnrichmentService:
             self._cancel_tasks()
             self.alive = False
             self.stopped = True
+            self.lag.close()  # its reader thread reads through the consumer
             self.consumer.close()
             log.info(
                 "stopped", consumed=self.summary.consumed, produced=self.summary.produced,

@@ -25,6 +25,7 @@ class KafkaConsumer:
     def __init__(self, config: Mapping[str, Any]) -> None:
         self._config = {**_DEFAULTS, **config}
         self._client: confluent_kafka.Consumer | None = None
+        self._reader: confluent_kafka.Consumer | None = None
 
     @property
     def client(self) -> confluent_kafka.Consumer:
@@ -122,6 +123,26 @@ class KafkaConsumer:
             raise KafkaError(f"cannot read the offsets of {partition.topic}: {exc}") from exc
         return int(low if reset in ("earliest", "smallest", "beginning") else high)
 
+    def high_watermark(self, topic: str, partition: int, timeout: float = 1.0) -> int:
+        """The partition's high watermark, asked of the broker now. It goes through a second
+        client of the same configuration that never joins the group, created on first use:
+        asked through this consumer's own client from another thread, the reading held up
+        its ``consume`` for up to 2 s (docs/performance.md). Safe to call from one other
+        thread while this consumer is used; raises `KafkaError`."""
+        try:
+            if self._reader is None:
+                self._reader = confluent_kafka.Consumer(
+                    {**self._config, "enable.auto.commit": False}
+                )
+            _, high = self._reader.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=timeout, cached=False
+            )
+        except confluent_kafka.KafkaException as exc:
+            raise KafkaError(
+                f"cannot read the high watermark of {topic}[{partition}]: {exc}"
+            ) from exc
+        return int(high)
+
     def seek(self, partition: TopicPartition) -> None:
         """Fetch `partition` from its offset next (it must be assigned and fetching)."""
         try:
@@ -145,6 +166,9 @@ class KafkaConsumer:
 
     def close(self) -> None:
         """Leave the group and release the client (commits stored offsets if auto commit is on)."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._client is not None:
             self._client.close()
             self._client = None
