@@ -41,6 +41,11 @@ Partition = tuple[str, int]
 Reading = dict[Partition, int | None]
 """The high watermark of each partition read (None: the broker did not answer for it)."""
 
+READ_TIMEOUT_S = 1.0
+"""How long one partition's watermark may take to come."""
+FIRST_READ_TIMEOUT_S = 5.0
+"""The same for the first reading, whose client connects and reads metadata first."""
+
 
 class LagWatch:
     """Lag of the assigned partitions and the restart of stalled ones (see the module doc)."""
@@ -65,11 +70,18 @@ class LagWatch:
         """When each assigned partition last gave a message (or was assigned)."""
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lag")
         self._reading: Future[Reading] | None = None
+        self._reading_due = 0.0
+        """When the reading under way should be over (its partitions' timeouts, and 1 s)."""
+        self._reading_assignment = 0
+        self._assignment = 0
+        """Counts assignments: a reading started before the last one is dropped unread."""
+        self._read_timeout_s = FIRST_READ_TIMEOUT_S
         self._closing = threading.Event()
         self._reachable = True
 
     def assigned(self, key: Partition, offset: int) -> None:
         """A partition was assigned and starts at ``offset``."""
+        self._assignment += 1
         self._next[key] = offset
         self._moved[key] = self.clock()
 
@@ -96,30 +108,43 @@ class LagWatch:
         """Set the lag gauges from the last finished reading of the high watermarks, restart
         the stalled partitions that ``fetching`` says should be fetching, and start the next
         reading; never waits for the broker. Returns whether the broker answered the last
-        finished reading (every partition unanswered: False)."""
+        finished reading (every partition unanswered: False), or False while a reading runs
+        past the time its partitions' timeouts allow. A reading started before the last
+        assignment is dropped: what it says of the broker is older than the assignment."""
         if self._reading is not None and self._reading.done():
-            reading, self._reading = self._reading.result(), None
-            self._apply(reading, fetching)
+            future, self._reading = self._reading, None
+            if self._reading_assignment == self._assignment:
+                self._apply(future.result(), fetching)
         if not self._next:
             self._reachable = True  # nothing to read: nothing says the broker is gone
         elif self._reading is None and not self._closing.is_set():
-            self._reading = self._reader.submit(self._read, list(self._next))
+            keys = list(self._next)
+            timeout = self._read_timeout_s
+            self._read_timeout_s = READ_TIMEOUT_S
+            self._reading = self._reader.submit(self._read, keys, timeout)
+            self._reading_due = self.clock() + timeout * len(keys) + 1.0
+            self._reading_assignment = self._assignment
+        elif self._reading is not None and self.clock() > self._reading_due:
+            self._reachable = False  # the broker keeps even the timeouts waiting
         return self._reachable
 
     def close(self) -> None:
         """Stop reading: wait for the reading under way (it gives up after the partition it is
-        on), so the consumer may be closed."""
+        on: at most one partition's timeout, which may run past a shutdown deadline), so the
+        consumer may be closed."""
         self._closing.set()
         self._reader.shutdown(wait=True)
 
-    def _read(self, keys: list[Partition]) -> Reading:
+    def _read(self, keys: list[Partition], timeout: float) -> Reading:
         """The high watermarks of ``keys``, one broker round trip each (the reader thread)."""
         reading: Reading = {}
         for topic, partition in keys:
             if self._closing.is_set():
                 break
             try:
-                reading[(topic, partition)] = self.consumer.high_watermark(topic, partition)
+                reading[(topic, partition)] = self.consumer.high_watermark(
+                    topic, partition, timeout=timeout
+                )
             except Exception:  # a lag reading is best effort
                 reading[(topic, partition)] = None
         return reading

@@ -26,6 +26,7 @@ class KafkaConsumer:
         self._config = {**_DEFAULTS, **config}
         self._client: confluent_kafka.Consumer | None = None
         self._reader: confluent_kafka.Consumer | None = None
+        self._closed = False
 
     @property
     def client(self) -> confluent_kafka.Consumer:
@@ -127,8 +128,12 @@ class KafkaConsumer:
         """The partition's high watermark, asked of the broker now. It goes through a second
         client of the same configuration that never joins the group, created on first use:
         asked through this consumer's own client from another thread, the reading held up
-        its ``consume`` for up to 2 s (docs/performance.md). Safe to call from one other
-        thread while this consumer is used; raises `KafkaError`."""
+        its ``consume`` for up to 2 s (docs/performance.md). That client is never polled, so
+        callbacks in the configuration (and OAUTHBEARER token refresh) never run for it.
+        Safe to call from one other thread while this consumer is used, not after `close`;
+        raises `KafkaError`."""
+        if self._closed:
+            raise KafkaError(f"cannot read the high watermark of {topic}[{partition}]: closed")
         try:
             if self._reader is None:
                 self._reader = confluent_kafka.Consumer(
@@ -166,9 +171,12 @@ class KafkaConsumer:
 
     def close(self) -> None:
         """Leave the group and release the client (commits stored offsets if auto commit is on)."""
-        if self._reader is not None:
-            self._reader.close()
+        self._closed = True
+        try:
+            if self._reader is not None:
+                self._reader.close()
+        finally:
             self._reader = None
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+            if self._client is not None:
+                self._client.close()
+                self._client = None

@@ -27,6 +27,7 @@ class _Consumer:
         self.release = threading.Event()
         self.asked = threading.Event()
         self.reads: list[tuple[str, int]] = []
+        self.timeouts: list[float] = []
         self.seeks: list[TopicPartition] = []
         self.resumed: list[TopicPartition] = []
 
@@ -34,6 +35,7 @@ class _Consumer:
         self.asked.set()
         assert self.release.wait(10), "the test never released the reading"
         self.reads.append((topic, partition))
+        self.timeouts.append(timeout)
         answer = self.highs[(topic, partition)]
         if isinstance(answer, Exception):
             raise answer
@@ -82,7 +84,10 @@ def test_a_check_returns_while_the_broker_has_not_answered() -> None:
     watch.assigned(("in", 0), 10)
     assert watch.check(fetching=lambda key: True) is True
     assert consumer.asked.wait(10), "no reading was started"
-    assert not consumer.release.is_set()  # the reading is still waiting: check did not
+    reading = watch._reading
+    assert reading is not None
+    assert not reading.done()  # check returned before the broker answered
+    assert watch.check(fetching=lambda key: True) is True  # and returns again meanwhile
     assert _lag(metrics, "in", 0) is None
     consumer.release.set()
     watch.close()
@@ -127,20 +132,26 @@ def test_a_silent_partition_with_lag_is_restarted_by_the_check_after_its_reading
     assert metrics.registry.get_sample_value("enrich_partition_stalls_total") == 1
 
 
+_GONE = KafkaError("timed out")
+
+
 @pytest.mark.parametrize(
-    ("answers", "reachable"),
+    ("answers", "revoked", "reachable"),
     [
-        ({("in", 0): KafkaError("timed out"), ("in", 1): KafkaError("timed out")}, False),
-        ({("in", 0): KafkaError("timed out"), ("in", 1): 9}, True),
-        ({("in", 0): 9, ("in", 1): 9}, True),
+        ({("in", 0): _GONE, ("in", 1): _GONE}, None, False),
+        ({("in", 0): _GONE, ("in", 1): 9}, None, True),
+        ({("in", 0): 9, ("in", 1): 9}, None, True),
+        ({("in", 0): 9, ("in", 1): _GONE}, ("in", 0), False),
     ],
-    ids=["no partition answered", "one answered", "all answered"],
+    ids=["no partition answered", "one answered", "all answered", "the answered one revoked"],
 )
 def test_the_broker_counts_as_reachable_unless_no_partition_answered(
-    answers: dict[tuple[str, int], int | Exception], reachable: bool
+    answers: dict[tuple[str, int], int | Exception],
+    revoked: tuple[str, int] | None,
+    reachable: bool,
 ) -> None:
-    """check() says the broker is gone only when every partition of the last reading went
-    unanswered; a partition revoked since its reading is skipped."""
+    """check() says the broker is gone only when every partition of the last reading still
+    assigned went unanswered (a partition revoked since its reading is skipped)."""
     consumer = _Consumer(answers)
     consumer.release.set()
     watch, _ = _watch(consumer, _Clock())
@@ -148,20 +159,63 @@ def test_the_broker_counts_as_reachable_unless_no_partition_answered(
     watch.assigned(("in", 1), 0)
     assert watch.check(fetching=lambda key: True) is True  # nothing read yet
     _settle(watch)
+    if revoked is not None:
+        watch.forget([revoked])
     assert watch.check(fetching=lambda key: True) is reachable
     watch.close()
 
 
+def test_a_reading_past_its_timeouts_says_the_broker_is_gone() -> None:
+    """While a reading runs longer than its partitions' timeouts allow (and a second), the
+    check says the broker is unreachable instead of repeating the last finished reading."""
+    consumer = _Consumer({("in", 0): 5, ("in", 1): 5})
+    clock = _Clock()
+    watch, _ = _watch(consumer, clock)
+    watch.assigned(("in", 0), 0)
+    watch.assigned(("in", 1), 0)
+    assert watch.check(fetching=lambda key: True) is True
+    clock.now += 10.0  # within the first reading's 2 x 5 s and a second
+    assert watch.check(fetching=lambda key: True) is True
+    clock.now += 1.5
+    assert watch.check(fetching=lambda key: True) is False
+    consumer.release.set()
+    _settle(watch)
+    assert watch.check(fetching=lambda key: True) is True  # it answered after all
+    _settle(watch)
+    watch.close()
+    assert consumer.timeouts == [5.0, 5.0, 1.0, 1.0]  # the first reading connects first
+
+
+def test_a_reading_started_before_an_assignment_is_dropped() -> None:
+    """What a reading started before the last assignment found is not applied: no gauge
+    from it, and the broker's reachability stays as the assignment left it."""
+    consumer = _Consumer({("in", 0): _GONE, ("in", 1): 40})
+    watch, metrics = _watch(consumer, _Clock())
+    watch.assigned(("in", 0), 0)
+    watch.check(fetching=lambda key: True)
+    watch.assigned(("in", 1), 0)  # while the reading of partition 0 waits
+    consumer.release.set()
+    _settle(watch)
+    assert watch.check(fetching=lambda key: True) is True  # the failed reading was dropped
+    _settle(watch)  # the next one reads both partitions
+    assert watch.check(fetching=lambda key: True) is True
+    watch.close()
+    assert _lag(metrics, "in", 1) == 40
+
+
 def test_close_waits_for_the_reading_and_starts_no_other() -> None:
-    """close() returns once the reading under way is over (the consumer may then be closed),
-    and a check after it reads nothing more."""
-    consumer = _Consumer({("in", 0): 5})
+    """close() waits while the reading is on a partition, the reading gives up the
+    partitions after it, and a check after close reads nothing more."""
+    consumer = _Consumer({("in", 0): 5, ("in", 1): 5})
     watch, _ = _watch(consumer, _Clock())
     watch.assigned(("in", 0), 0)
+    watch.assigned(("in", 1), 0)
     watch.check(fetching=lambda key: True)
     assert consumer.asked.wait(10)
     closer = threading.Thread(target=watch.close)
     closer.start()
+    closer.join(0.2)
+    assert closer.is_alive()  # waiting for partition 0's answer
     consumer.release.set()
     closer.join(10)
     assert not closer.is_alive()
