@@ -3,8 +3,8 @@
 Every ``lag_interval_s`` the main loop asks :class:`LagWatch` to check: the watch applies the
 high watermarks its last reading found and starts the next reading in a thread of its own,
 so the main loop never waits for the broker. (Read in the main loop, one broker round trip
-per partition with a 1 s timeout, the watermarks stopped consuming and producing for up to
-1.5 s at a time under load: docs/performance.md.) ``enrich_lag`` is the high watermark minus
+per partition with a 1 s timeout, the watermarks stopped consuming and producing for 1.5-2
+s at a time under load: docs/performance.md.) ``enrich_lag`` is the high watermark minus
 the next offset to take: after the last one taken, or the offset the partition was assigned
 at when none was taken yet, so a partition that never gave a message shows its whole
 backlog.
