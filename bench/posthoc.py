@@ -11,7 +11,10 @@ sources' validation splits (its ``test`` rows), and kept in ``.run/posthoc/``. T
 - **prior correction** (logit adjustment) of the first run: the leaf probabilities divided by
   the training prior to the power tau, tau from 0 (the model as it is) to 1;
 - **ensembles**: the mean of the members' leaf probabilities, for every set of 1 to 3 runs
-  and for all runs, ranked by their hold-out leaf accuracy (ties: fewer members first).
+  and for all runs, ranked by their hold-out leaf accuracy (ties: fewer members first);
+- **test-time views** of every run: the mean of its leaf probabilities over fixed views of
+  each image (:mod:`model.views`: the image, its mirror image, a zoom on the centre and its
+  mirror), as `TEST_VIEWS` names them; the training used the same views' features.
 
 Choosing by the hold-out is the rule; the validation columns are what that choice would
 report. Only models decoded from a leaf output (`leaf` and `marginal` heads) qualify.
@@ -39,6 +42,8 @@ TAUS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 TOP = 12
 SPLITS = {"hold-out": "validation", "validation": "test"}
 """Our names of the two evaluated parts against split.csv's."""
+TEST_VIEWS = {"image": (0,), "image + mirror": (0, 1), "4 views": (0, 1, 2, 3)}
+"""The test-time view sets measured, by name: the views (`model.views`) averaged."""
 
 
 class PosthocError(RuntimeError):
@@ -52,6 +57,16 @@ class Part:
     probabilities: NDArray[np.float32]
     truth: NDArray[np.int64]
     sources: NDArray[np.str_]
+    views: tuple[NDArray[np.float32], ...] = ()
+    """The leaf probabilities of each test-time view (`model.views`), view 0 first."""
+
+    def averaged(self, views: Sequence[int]) -> NDArray[np.float32]:
+        """The mean of the leaf probabilities of ``views`` (a :class:`PosthocError` for a view
+        that was not computed)."""
+        missing = [v for v in views if v >= len(self.views)]
+        if missing:
+            raise PosthocError(f"views {missing} were not computed (have {len(self.views)})")
+        return np.mean([self.views[v] for v in views], axis=0)
 
 
 def source_of(image_path: str) -> str:
@@ -91,6 +106,16 @@ def ensembles(
     return sorted(rows, key=lambda r: (-r[1]["hold-out"]["all"], len(r[0]), r[0]))
 
 
+def view_sets(parts: dict[str, Part]) -> dict[str, dict[str, dict[str, float]]]:
+    """Accuracies of each set of `TEST_VIEWS` (those whose views were computed), per part."""
+    count = min(len(part.views) for part in parts.values())
+    return {
+        name: {p: accuracies(part.averaged(views), part) for p, part in parts.items()}
+        for name, views in TEST_VIEWS.items()
+        if max(views) < count
+    }
+
+
 @functools.cache
 def _taxonomy() -> Any:
     """The shared Google taxonomy (the labels name categories deeper than a model's depth)."""
@@ -104,11 +129,13 @@ def _split_rows(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(stream))
 
 
-def _probabilities(run: Path, rows: list[dict[str, str]]) -> dict[str, Part]:
-    """The run's model on both parts (from the cache when its model is unchanged)."""
+def _probabilities(run: Path, rows: list[dict[str, str]], views: int) -> dict[str, Part]:
+    """The run's model on both parts, on the first ``views`` test-time views of every image
+    (from the cache when its model is unchanged)."""
     from model.classifier import Classifier
     from model.data import LabelRow, load_images
     from model.heads import LEAF_HEAD, decodes_from_leaf
+    from model.views import view
 
     stamp = hashlib.sha256((run / "model" / "model.keras").read_bytes()).hexdigest()[:16]
     cached = CACHE / f"{run.name}-{stamp}.npz"
@@ -123,7 +150,8 @@ def _probabilities(run: Path, rows: list[dict[str, str]]) -> dict[str, Part]:
         truth = np.array([vocabulary.leaf_index(truncated.truncate_id(int(r["google_category_id"])))
                           for r in chosen])  # fmt: skip
         sources = np.array([source_of(r["image_path"]) for r in chosen])
-        if ours not in stored:
+        keys = [ours if number == 0 else f"{ours}@{number}" for number in range(views)]
+        if any(key not in stored for key in keys):
             labels = [LabelRow(r["image_path"], int(r["google_category_id"]), r["product_id"])
                       for r in chosen]  # fmt: skip
             images, failed = load_images(labels, Path("/"), classifier.input_size,
@@ -131,9 +159,12 @@ def _probabilities(run: Path, rows: list[dict[str, str]]) -> dict[str, Part]:
                                          progress=False)  # fmt: skip
             if failed:
                 raise PosthocError(f"{run}: {len(failed)} images unreadable")
-            stored[ours] = np.concatenate([classifier.predict_raw(images[i : i + 64])[LEAF_HEAD]
-                                           for i in range(0, len(images), 64)])  # fmt: skip
-        parts[ours] = Part(stored[ours], truth, sources)
+            for number, key in enumerate(keys):
+                if key not in stored:
+                    stored[key] = np.concatenate(
+                        [classifier.predict_raw(view(images[i : i + 64], number))[LEAF_HEAD]
+                         for i in range(0, len(images), 64)])  # fmt: skip
+        parts[ours] = Part(stored[ours], truth, sources, tuple(stored[key] for key in keys))
     CACHE.mkdir(parents=True, exist_ok=True)
     np.savez(cached, **stored)
     return parts
@@ -155,20 +186,20 @@ def _cells(figures: dict[str, float]) -> str:
     return " | ".join(f"{figures[k]:.4f}" for k in ("product-images", "fashion-products", "all"))
 
 
-def report(runs: Sequence[Path], command: str) -> str:
-    """Measure and write the page (Markdown)."""
+def report(runs: Sequence[Path], command: str, views: int = 4) -> str:
+    """Measure and write the page (Markdown); ``views`` test-time views per image."""
     splits = {run: _split_rows(run) for run in runs}
     first = splits[runs[0]]
     for run, rows in splits.items():
         if rows != first:
             raise PosthocError(f"{run} was trained on another split than {runs[0]}")
     names = [run.name for run in runs]
-    parts = {run.name: _probabilities(run, splits[run]) for run in runs}
+    parts = {run.name: _probabilities(run, splits[run], views) for run in runs}
     head = ("| {} | hold-out: product-images | fashion-products | all "
             "| validation: product-images | fashion-products | all |")  # fmt: skip
     rule = "| --- | --- | --- | --- | --- | --- | --- |"
     lines = [
-        "# Prior correction and ensembles of trained models",
+        "# Prior correction, ensembles and test-time views of trained models",
         "",
         f"Command: `{command}`; shared data: `{shared_data()}`. Leaf accuracy; the hold-out is "
         "the 10% of the train split every run kept apart, the validation the sources' own.",
@@ -198,6 +229,12 @@ def report(runs: Sequence[Path], command: str) -> str:
         for members, figures in rows:
             lines.append(f"| {' + '.join(members)} | {_cells(figures['hold-out'])} "
                          f"| {_cells(figures['validation'])} |")  # fmt: skip
+    lines += ["", "## Test-time views (the mean of one model's leaf probabilities over views)",
+              "", head.format("model, views"), rule]  # fmt: skip
+    for name in names:
+        for label, figures in view_sets(parts[name]).items():
+            lines.append(f"| {name}, {label} | {_cells(figures['hold-out'])} "
+                         f"| {_cells(figures['validation'])} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -206,9 +243,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "docs/results/posthoc.md")
+    parser.add_argument("--views", type=int, default=4, choices=range(1, 5),
+                        help="test-time views per image (model.views), 1 to 4")  # fmt: skip
     args = parser.parse_args(argv)
     command = "python -m bench.posthoc " + " ".join(str(r) for r in args.runs)
-    args.output.write_text(report(args.runs, command))
+    args.output.write_text(report(args.runs, command, args.views))
     print(f"wrote {args.output}")
 
 

@@ -58,6 +58,7 @@ GRID = (
     Variant("lite1-frozen", "efficientnet_lite1"),
     Variant("lite1-tuned", "efficientnet_lite1", fine_tune_blocks=2),
     Variant("lite1-tuned5", "efficientnet_lite1", fine_tune_blocks=5),
+    Variant("lite1-tuned8", "efficientnet_lite1", fine_tune_blocks=8),
     Variant("lite1-tuned5-long", "efficientnet_lite1", fine_tune_blocks=5, fine_tune_epochs=10),
     Variant("lite1-tuned5-zoom", "efficientnet_lite1", fine_tune_blocks=5, feature_views=4),
     Variant("lite1-tuned5-aug", "efficientnet_lite1", fine_tune_blocks=5, augmented_epochs=5),

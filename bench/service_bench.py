@@ -69,6 +69,7 @@ from bench.service_limits import (
     PERCENTILES,
     QUICK,
     Sizes,
+    cold_bounds,
     decode_limit,
     default_model,
     inference_limit,
@@ -424,11 +425,25 @@ def derive(bench: Bench) -> None:
     f["ratio_warm"] = round(warm / inference, 3) if warm else None
     floor = f.get("floor_pps")
     f["ratio_floor"] = round(floor / inference, 3) if floor else None
-    bound = min(inference, decode)
+    floor_cpu = (d.get("floor") or {}).get("cpu_ms_per_product", {}).get("machine")
+    # The floor consumer's machine CPU per product beyond inference's own (both cores busy).
+    pipeline_ms = floor_cpu - 2000 / inference if floor_cpu else None
+    bounds = cold_bounds(
+        inference, decode, f.get("decode_limit_ips_per_core") or decode / 2, pipeline_ms
+    )
+    bound, shared = bounds["bound"], bounds["shared"]
     d["cold_bound_ips"] = round(bound, 1)
     # On shared cores an image costs its decode and its inference, one after the other.
-    shared = 1 / (1 / inference + 1 / decode)
     d["cold_shared_bound_ips"] = round(shared, 1)
+    d["cold_machine_bound_ips"] = round(bounds["machine"], 1)
+    d["cold_target_pps"] = round(bounds["target"], 1)
+    d["cold_target_over_machine"] = round(bounds["target_over_machine"], 3)
+    if "machine_with_pipeline" in bounds:
+        d["cold_pipeline_ms"] = round(pipeline_ms or 0.0, 3)
+        d["cold_machine_pipeline_bound_ips"] = round(bounds["machine_with_pipeline"], 1)
+        d["cold_target_over_machine_pipeline"] = round(
+            bounds["target_over_machine_with_pipeline"], 3
+        )
     f["ratio_cold"] = round(cold / bound, 3) if cold else None
     d["ratio_cold_shared"] = round(cold / shared, 3) if cold else None
     d["per_host"] = int(bench.env().get("ENRICH_FETCH_PER_HOST", "8"))

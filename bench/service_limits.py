@@ -128,3 +128,45 @@ def decode_limit(photos: Sequence[Photo], size: int) -> dict:
     rates = decode_rates([p.data for p in photos], size)
     sizes = [len(p.data) for p in photos]
     return {**rates, "median_file_kib": round(statistics.median(sizes) / 1024, 1)}
+
+
+COLD_TARGET = 0.8
+"""Issue 16's cold target: this share of min((1), (2))."""
+
+
+def cold_bounds(
+    inference: float, decode: float, decode_one_core: float, pipeline_ms: float | None = None
+) -> dict[str, float]:
+    """What two shared cores allow the cold run, from the measured limits (images/s).
+
+    - ``bound``: min(inference, decode), each stage alone on the whole machine (the target's
+      reference);
+    - ``shared``: decode and inference one after the other on the same cores, at the rates
+      measured on both cores;
+    - ``machine``: the same with decoding at twice its one-core rate (never measured lower
+      than the two-core rate), and every other cost (fetching, the cache, Kafka, Avro) at
+      zero: no design on this machine can go faster;
+    - ``target`` (``COLD_TARGET`` x ``bound``) and ``target_over_machine``: above 1, the
+      target asks for more than the machine can do;
+    - with ``pipeline_ms`` (the machine's CPU per product beyond inference that a consumer
+      doing the least work needs: the floor consumer's, figure 3c), ``machine_with_pipeline``
+      and ``target_over_machine_with_pipeline``, the same with that cost added (fetching an
+      image and writing it to the cache would come on top).
+    """
+    bound = min(inference, decode)
+    best_decode = max(decode, 2 * decode_one_core)
+    machine = 1 / (1 / inference + 1 / best_decode)
+    target = COLD_TARGET * bound
+    bounds = {
+        "bound": bound,
+        "shared": 1 / (1 / inference + 1 / decode),
+        "machine": machine,
+        "target": target,
+        "target_over_machine": target / machine,
+    }
+    if pipeline_ms is not None:
+        # Two cores: a product's pipeline CPU takes half its milliseconds of the machine's time.
+        with_pipeline = 1 / (1 / machine + max(pipeline_ms, 0.0) / 2000)
+        bounds["machine_with_pipeline"] = with_pipeline
+        bounds["target_over_machine_with_pipeline"] = target / with_pipeline
+    return bounds

@@ -58,6 +58,16 @@ def _floor_cpu(floor: dict[str, Any] | None) -> str:
     return ", ".join(f"{k} {v}" for k, v in floor["cpu_ms_per_product"].items())
 
 
+def _pipeline_bound(details: dict[str, Any]) -> str:
+    """The cold bound with the floor consumer's own CPU per product added, when it ran."""
+    if details.get("cold_machine_pipeline_bound_ips") is None:
+        return ""
+    return (f", {_fmt(details['cold_target_over_machine_pipeline'], 2)}x the "
+            f"{_fmt(details['cold_machine_pipeline_bound_ips'])} left once the floor "
+            f"consumer's {_fmt(details['cold_pipeline_ms'], 2)} ms of CPU per product beyond "
+            "inference is paid")  # fmt: skip
+
+
 def table(figures: dict[str, Any], details: dict[str, Any]) -> list[str]:
     """The figures as a Markdown table."""
     f, d = figures, details
@@ -84,7 +94,11 @@ def table(figures: dict[str, Any], details: dict[str, Any]) -> list[str]:
          f"{_fmt(f.get('e2e_cold_pps'))} products/s",
          f"ratio to min((1), (2)) = {_fmt(d.get('cold_bound_ips'))}: "
          f"**{_fmt(f.get('ratio_cold'), 2)}** (target 0.8); to the shared-core bound "
-         f"{_fmt(d.get('cold_shared_bound_ips'))}: {_fmt(d.get('ratio_cold_shared'), 2)}"),
+         f"{_fmt(d.get('cold_shared_bound_ips'))}: {_fmt(d.get('ratio_cold_shared'), 2)}; the "
+         f"target {_fmt(d.get('cold_target_pps'))} is "
+         f"{_fmt(d.get('cold_target_over_machine'), 2)}x "
+         f"the most two cores can decode and classify with every other cost at zero "
+         f"({_fmt(d.get('cold_machine_bound_ips'))}){_pipeline_bound(d)}"),
         ("4b", "end to end, cold, all images on one host",
          f"{_fmt(d.get('e2e_cold_one_host_pps'))} products/s",
          f"per-host cap {d.get('per_host')} / {LATENCY_MS} ms = "

@@ -1,5 +1,6 @@
 """The pure parts of bench/posthoc.py on made-up probabilities: accuracy per source, the prior
-correction, how ensembles are ranked, and runs on different splits refused. The measurement
+correction, how ensembles are ranked, test-time views averaged, and runs on different splits
+refused. The measurement
 itself (trained quality-grid models) runs as `python -m bench.posthoc`, not here."""
 
 from __future__ import annotations
@@ -9,7 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.posthoc import Part, PosthocError, accuracies, adjust, ensembles, report, source_of
+from bench.posthoc import (
+    Part,
+    PosthocError,
+    accuracies,
+    adjust,
+    ensembles,
+    report,
+    source_of,
+    view_sets,
+)
 
 
 def _part(probabilities: list[list[float]], truth: list[int], sources: list[str]) -> Part:
@@ -73,3 +83,28 @@ def test_runs_trained_on_different_splits_are_refused(tmp_path: Path) -> None:
 
     with pytest.raises(PosthocError, match="another split"):
         report([tmp_path / "one", tmp_path / "two"], "cmd")
+
+
+def _viewed(views: list[list[list[float]]], truth: list[int], sources: list[str]) -> Part:
+    arrays = tuple(np.array(v, dtype=np.float32) for v in views)
+    return Part(arrays[0], np.array(truth), np.array(sources), arrays)
+
+
+def test_test_time_views_average_the_views_probabilities_and_can_turn_a_decision() -> None:
+    image = [[0.45, 0.55], [0.9, 0.1]]  # the first image alone is wrong
+    mirror = [[0.75, 0.25], [0.8, 0.2]]
+    part = _viewed([image, mirror], [0, 0], [PI, FP])
+
+    figures = view_sets({"hold-out": part})
+
+    assert list(figures) == ["image", "image + mirror"]  # 4 views need views 2 and 3
+    assert figures["image"]["hold-out"]["all"] == 0.5
+    assert figures["image + mirror"]["hold-out"] == {PI: 1.0, FP: 1.0, "all": 1.0}
+    np.testing.assert_allclose(part.averaged((0, 1)), [[0.6, 0.4], [0.85, 0.15]])
+
+
+def test_a_view_that_was_not_computed_is_an_error_not_a_shorter_mean() -> None:
+    part = _viewed([[[1.0, 0.0]]], [0], [PI])
+
+    with pytest.raises(PosthocError, match="not computed"):
+        part.averaged((0, 1))
