@@ -425,12 +425,13 @@ def derive(bench: Bench) -> None:
     f["ratio_warm"] = round(warm / inference, 3) if warm else None
     floor = f.get("floor_pps")
     f["ratio_floor"] = round(floor / inference, 3) if floor else None
+    cores = int(d.get("cores") or os.cpu_count() or 1)
     floor_cpu = (d.get("floor") or {}).get("cpu_ms_per_product", {}).get("machine")
-    # The floor consumer's machine CPU per product beyond inference's own (both cores busy).
-    pipeline_ms = floor_cpu - 2000 / inference if floor_cpu else None
-    bounds = cold_bounds(
-        inference, decode, f.get("decode_limit_ips_per_core") or decode / 2, pipeline_ms
-    )
+    # The floor consumer's machine CPU per product beyond inference's own (every core busy).
+    pipeline_ms = floor_cpu - 1000 * cores / inference if floor_cpu else None
+    one_core = f.get("decode_limit_ips_per_core") or decode / cores
+    bounds = cold_bounds(inference, decode, one_core, pipeline_ms, cores)
+    d["cores"] = cores
     bound, shared = bounds["bound"], bounds["shared"]
     d["cold_bound_ips"] = round(bound, 1)
     # On shared cores an image costs its decode and its inference, one after the other.

@@ -135,17 +135,22 @@ COLD_TARGET = 0.8
 
 
 def cold_bounds(
-    inference: float, decode: float, decode_one_core: float, pipeline_ms: float | None = None
+    inference: float,
+    decode: float,
+    decode_one_core: float,
+    pipeline_ms: float | None = None,
+    cores: int = 2,
 ) -> dict[str, float]:
-    """What two shared cores allow the cold run, from the measured limits (images/s).
+    """What the machine's ``cores``, shared, allow the cold run, from the measured limits
+    (images/s).
 
     - ``bound``: min(inference, decode), each stage alone on the whole machine (the target's
       reference);
     - ``shared``: decode and inference one after the other on the same cores, at the rates
       measured on both cores;
-    - ``machine``: the same with decoding at twice its one-core rate (never measured lower
-      than the two-core rate), and every other cost (fetching, the cache, Kafka, Avro) at
-      zero: no design on this machine can go faster;
+    - ``machine``: the same with decoding at ``cores`` times its one-core rate (never
+      measured lower than the all-core rate), and every other cost (fetching, the cache,
+      Kafka, Avro) at zero: no design on this machine can go faster;
     - ``target`` (``COLD_TARGET`` x ``bound``) and ``target_over_machine``: above 1, the
       target asks for more than the machine can do;
     - with ``pipeline_ms`` (the machine's CPU per product beyond inference that a consumer
@@ -154,7 +159,7 @@ def cold_bounds(
       image and writing it to the cache would come on top).
     """
     bound = min(inference, decode)
-    best_decode = max(decode, 2 * decode_one_core)
+    best_decode = max(decode, cores * decode_one_core)
     machine = 1 / (1 / inference + 1 / best_decode)
     target = COLD_TARGET * bound
     bounds = {
@@ -165,8 +170,8 @@ def cold_bounds(
         "target_over_machine": target / machine,
     }
     if pipeline_ms is not None:
-        # Two cores: a product's pipeline CPU takes half its milliseconds of the machine's time.
-        with_pipeline = 1 / (1 / machine + max(pipeline_ms, 0.0) / 2000)
+        # A product's pipeline CPU takes 1 / cores of its milliseconds of the machine's time.
+        with_pipeline = 1 / (1 / machine + max(pipeline_ms, 0.0) / (1000 * cores))
         bounds["machine_with_pipeline"] = with_pipeline
         bounds["target_over_machine_with_pipeline"] = target / with_pipeline
     return bounds

@@ -97,7 +97,8 @@ def table(figures: dict[str, Any], details: dict[str, Any]) -> list[str]:
          f"{_fmt(d.get('cold_shared_bound_ips'))}: {_fmt(d.get('ratio_cold_shared'), 2)}; the "
          f"target {_fmt(d.get('cold_target_pps'))} is "
          f"{_fmt(d.get('cold_target_over_machine'), 2)}x "
-         f"the most two cores can decode and classify with every other cost at zero "
+         f"the most {d.get('cores', 'the')} cores can decode and classify with every other "
+         f"cost at zero "
          f"({_fmt(d.get('cold_machine_bound_ips'))}){_pipeline_bound(d)}"),
         ("4b", "end to end, cold, all images on one host",
          f"{_fmt(d.get('e2e_cold_one_host_pps'))} products/s",

@@ -67,11 +67,21 @@ def test_the_record_states_the_cold_target_against_both_machine_bounds() -> None
     above what the machine allows."""
     record = json.loads((REPO_ROOT / "bench/results/2026-12-01-0401-vm.json").read_text())
     details = record.pop("details")
+    details["cores"] = 2  # the VM it ran on (records since carry it; derive asks the OS)
     bench = SimpleNamespace(figures=record, details=details, env=dict)
 
     derive(bench)  # type: ignore[arg-type]
     (row,) = [line for line in table(record, details) if line.startswith("| 4 |")]
 
     assert details["cold_target_over_machine"] == pytest.approx(1.094, abs=0.001)
-    assert "the target 462.4 is 1.09x the most two cores can decode and classify" in row
+    assert "the target 462.4 is 1.09x the most 2 cores can decode and classify" in row
     assert "1.18x the 391.4 left once the floor consumer's 0.38 ms" in row
+
+
+def test_more_cores_decode_more_and_spread_the_pipelines_cpu_thinner() -> None:
+    two = cold_bounds(578.0, 1326.9, 785.0, pipeline_ms=0.376)
+    four = cold_bounds(578.0, 1326.9, 785.0, pipeline_ms=0.376, cores=4)
+
+    assert four["machine"] == pytest.approx(1 / (1 / 578.0 + 1 / 3140.0))
+    assert four["machine_with_pipeline"] == pytest.approx(1 / (1 / four["machine"] + 0.376 / 4000))
+    assert four["machine"] > two["machine"]
